@@ -1,0 +1,299 @@
+"""Configuration, with matterport's attribute names and defaults.
+
+Subclass and override class attributes, exactly as with matterport::
+
+    class ShapesConfig(Config):
+        NAME = "shapes"
+        NUM_CLASSES = 1 + 3
+        IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
+
+or pass overrides as keywords: ``Config(NAME="shapes", NUM_CLASSES=4)``.
+Derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE) are computed in
+``__init__`` and every setting is validated there; an impossible setting raises
+:class:`colabrcnn.errors.ConfigError` saying what to change.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+
+from .errors import ConfigError
+
+BACKBONES = ("resnet18", "resnet50", "resnet101")
+RESIZE_MODES = ("square", "pad64", "crop", "none")
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
+              "mrcnn_bbox_loss", "mrcnn_mask_loss")
+
+
+class Config:
+    """Base configuration. Override in a subclass or with keywords."""
+
+    # Name of the run; used in log folder and checkpoint names.
+    NAME = None
+
+    # GPUs to use and images per GPU. matterport trains 2 images of 1024x1024 on a
+    # 12 GB GPU; on Colab's T4 use colabrcnn's memory levers instead of guessing.
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 2
+
+    # Steps per epoch; it need not match the dataset size.
+    STEPS_PER_EPOCH = 1000
+    VALIDATION_STEPS = 50
+
+    # "resnet50", "resnet101", "resnet18" (small, for CPU demos and tests) or a
+    # callable(input_image, config) -> [C2, C3, C4, C5].
+    BACKBONE = "resnet101"
+    # Only needed with a callable BACKBONE: callable(image_shape) -> [[h, w], ...].
+    COMPUTE_BACKBONE_SHAPE = None
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    # Size of the fully connected layers of the classification head.
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+    # Channels of the top-down feature pyramid.
+    TOP_DOWN_PYRAMID_SIZE = 256
+
+    # Number of classes including background.
+    NUM_CLASSES = 1
+
+    # Anchor side lengths in pixels, one per pyramid level P2..P6.
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    # width/height ratios of anchors at each location.
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    # 1: an anchor at every feature-map cell; 2: every other cell, ...
+    RPN_ANCHOR_STRIDE = 1
+    # NMS threshold for RPN proposals.
+    RPN_NMS_THRESHOLD = 0.7
+    # Anchors per image used for RPN training.
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    # Top anchors (by RPN score) kept before NMS.
+    PRE_NMS_LIMIT = 6000
+    # ROIs kept after NMS.
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+
+    # Masks stored at MINI_MASK_SHAPE inside their box: saves memory for big images.
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    # "square": resize and pad to IMAGE_MAX_DIM x IMAGE_MAX_DIM.
+    # "pad64": resize, then pad to multiples of 64 (padded further to IMAGE_SHAPE so
+    #          that shapes stay static).
+    # "crop": random IMAGE_MIN_DIM x IMAGE_MIN_DIM crops in training; the lowest-memory
+    #         way to train on big images. Inference uses "square" at IMAGE_MAX_DIM.
+    # "none": no resizing; images must fit in IMAGE_MAX_DIM x IMAGE_MAX_DIM.
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_MIN_SCALE = 0
+    IMAGE_CHANNEL_COUNT = 3
+
+    # RGB mean subtracted from images (ImageNet mean, as the published weights expect).
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    # ROIs per image fed to the heads in training, and the fraction of positives.
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+
+    # ROIAlign output sizes for the box head and the mask head.
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+    # Shape of predicted masks (the mask head upsamples MASK_POOL_SIZE by 2).
+    MASK_SHAPE = [28, 28]
+
+    # Ground-truth instances used per image.
+    MAX_GT_INSTANCES = 100
+
+    # Box refinement standard deviations.
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    # Final detections.
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+
+    # SGD settings (matterport's; the paper uses 0.02 but that explodes in Keras).
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 0.0001
+
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.0,
+        "rpn_bbox_loss": 1.0,
+        "mrcnn_class_loss": 1.0,
+        "mrcnn_bbox_loss": 1.0,
+        "mrcnn_mask_loss": 1.0,
+    }
+
+    # Train the heads on RPN proposals (True) or on given ROIs (False).
+    USE_RPN_ROIS = True
+
+    # Train BatchNorm layers; off by default because small batches give bad statistics.
+    TRAIN_BN = False
+
+    # Gradient norm clipping.
+    GRADIENT_CLIP_NORM = 5.0
+
+    def __init__(self, **overrides):
+        for key, value in overrides.items():
+            if not key.isupper() or not hasattr(type(self), key):
+                raise ConfigError(
+                    f"Unknown Config setting '{key}'. Settings are upper case, e.g. "
+                    f"IMAGES_PER_GPU; see Config.display() for the list.")
+            setattr(self, key, value)
+        # Copy mutable class-level defaults so instances never share them.
+        for key in self._setting_names():
+            value = getattr(self, key)
+            if isinstance(value, (list, dict, np.ndarray)):
+                setattr(self, key, copy.deepcopy(value))
+        self.MEAN_PIXEL = np.asarray(self.MEAN_PIXEL, dtype=np.float32)
+        self.RPN_BBOX_STD_DEV = np.asarray(self.RPN_BBOX_STD_DEV, dtype=np.float32)
+        self.BBOX_STD_DEV = np.asarray(self.BBOX_STD_DEV, dtype=np.float32)
+        self.validate()
+
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        if self.IMAGE_RESIZE_MODE == "crop":
+            side = self.IMAGE_MIN_DIM
+        else:
+            side = self.IMAGE_MAX_DIM
+        self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
+        # image_id(1) + original shape(3) + molded shape(3) + window(4) + scale(1)
+        # + active class ids(NUM_CLASSES)
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+
+    # ------------------------------------------------------------------ checks
+    def validate(self):
+        """Raise ConfigError naming the setting and the fix for any impossible value."""
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        def positive_int(name):
+            v = getattr(self, name)
+            need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
+                 f"{name} must be a positive integer, got {v!r}.")
+
+        for name in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_STEPS",
+                     "NUM_CLASSES", "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE",
+                     "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
+                     "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
+                     "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "IMAGE_MAX_DIM",
+                     "IMAGE_CHANNEL_COUNT", "TOP_DOWN_PYRAMID_SIZE",
+                     "FPN_CLASSIF_FC_LAYERS_SIZE"):
+            positive_int(name)
+        need(self.NUM_CLASSES >= 2,
+             f"NUM_CLASSES is {self.NUM_CLASSES}, but it counts the background too: "
+             f"set NUM_CLASSES = 1 + the number of your classes (at least 2).")
+        need(self.BACKBONE in BACKBONES or callable(self.BACKBONE),
+             f"Unknown BACKBONE {self.BACKBONE!r}: use one of {', '.join(BACKBONES)} or "
+             f"a callable(input_image, config) returning [C2, C3, C4, C5].")
+        if callable(self.BACKBONE):
+            need(callable(self.COMPUTE_BACKBONE_SHAPE),
+                 "A callable BACKBONE needs COMPUTE_BACKBONE_SHAPE, a callable(image_shape) "
+                 "returning the [height, width] of each pyramid level.")
+        need(self.IMAGE_RESIZE_MODE in RESIZE_MODES,
+             f"Unknown IMAGE_RESIZE_MODE {self.IMAGE_RESIZE_MODE!r}: use one of "
+             f"{', '.join(RESIZE_MODES)}.")
+        need(self.IMAGE_MAX_DIM % 64 == 0,
+             f"IMAGE_MAX_DIM must be divisible by 64 (the backbone halves the image 6 "
+             f"times), got {self.IMAGE_MAX_DIM}: use {max(64, self.IMAGE_MAX_DIM // 64 * 64)} "
+             f"or {(self.IMAGE_MAX_DIM // 64 + 1) * 64}.")
+        need(isinstance(self.IMAGE_MIN_DIM, (int, np.integer)) and self.IMAGE_MIN_DIM >= 1,
+             f"IMAGE_MIN_DIM must be a positive integer, got {self.IMAGE_MIN_DIM!r}.")
+        if self.IMAGE_RESIZE_MODE == "crop":
+            need(self.IMAGE_MIN_DIM % 64 == 0,
+                 f"With IMAGE_RESIZE_MODE='crop' the crops are IMAGE_MIN_DIM square, so "
+                 f"IMAGE_MIN_DIM must be divisible by 64, got {self.IMAGE_MIN_DIM}.")
+        need(self.IMAGE_MIN_DIM <= self.IMAGE_MAX_DIM,
+             f"IMAGE_MIN_DIM ({self.IMAGE_MIN_DIM}) is larger than IMAGE_MAX_DIM "
+             f"({self.IMAGE_MAX_DIM}): lower IMAGE_MIN_DIM or raise IMAGE_MAX_DIM.")
+        need(np.shape(self.MEAN_PIXEL) == (self.IMAGE_CHANNEL_COUNT,),
+             f"MEAN_PIXEL has {np.size(self.MEAN_PIXEL)} values but IMAGE_CHANNEL_COUNT is "
+             f"{self.IMAGE_CHANNEL_COUNT}: give one mean per channel.")
+        need(len(self.BACKBONE_STRIDES) == 5 and len(self.RPN_ANCHOR_SCALES) == 5,
+             "BACKBONE_STRIDES and RPN_ANCHOR_SCALES need one value per pyramid level "
+             "P2..P6 (5 values each).")
+        need(len(self.RPN_ANCHOR_RATIOS) >= 1 and all(r > 0 for r in self.RPN_ANCHOR_RATIOS),
+             f"RPN_ANCHOR_RATIOS must be positive numbers, got {self.RPN_ANCHOR_RATIOS!r}.")
+        need(0 < self.ROI_POSITIVE_RATIO <= 1,
+             f"ROI_POSITIVE_RATIO must be in (0, 1], got {self.ROI_POSITIVE_RATIO}.")
+        for name in ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD"):
+            v = getattr(self, name)
+            need(0 < v <= 1, f"{name} is an IoU threshold in (0, 1], got {v}.")
+        need(0 <= self.DETECTION_MIN_CONFIDENCE < 1,
+             f"DETECTION_MIN_CONFIDENCE must be in [0, 1), got "
+             f"{self.DETECTION_MIN_CONFIDENCE}.")
+        need(self.POST_NMS_ROIS_TRAINING <= self.PRE_NMS_LIMIT
+             and self.POST_NMS_ROIS_INFERENCE <= self.PRE_NMS_LIMIT,
+             f"POST_NMS_ROIS_TRAINING/INFERENCE ({self.POST_NMS_ROIS_TRAINING}/"
+             f"{self.POST_NMS_ROIS_INFERENCE}) cannot exceed PRE_NMS_LIMIT "
+             f"({self.PRE_NMS_LIMIT}).")
+        need(self.TRAIN_ROIS_PER_IMAGE <= self.POST_NMS_ROIS_TRAINING,
+             f"TRAIN_ROIS_PER_IMAGE ({self.TRAIN_ROIS_PER_IMAGE}) cannot exceed "
+             f"POST_NMS_ROIS_TRAINING ({self.POST_NMS_ROIS_TRAINING}).")
+        need(list(self.MASK_SHAPE) == [2 * self.MASK_POOL_SIZE] * 2,
+             f"MASK_SHAPE {list(self.MASK_SHAPE)} must be twice MASK_POOL_SIZE "
+             f"({self.MASK_POOL_SIZE}): the mask head upsamples once by 2.")
+        need(len(self.MINI_MASK_SHAPE) == 2 and min(self.MINI_MASK_SHAPE) >= 1,
+             f"MINI_MASK_SHAPE must be (height, width), got {self.MINI_MASK_SHAPE!r}.")
+        need(np.shape(self.BBOX_STD_DEV) == (4,) and np.shape(self.RPN_BBOX_STD_DEV) == (4,),
+             "BBOX_STD_DEV and RPN_BBOX_STD_DEV need 4 values (dy, dx, dh, dw).")
+        unknown = set(self.LOSS_WEIGHTS) - set(LOSS_NAMES)
+        need(not unknown,
+             f"LOSS_WEIGHTS has unknown losses {sorted(unknown)}; the losses are "
+             f"{', '.join(LOSS_NAMES)}.")
+        need(self.LEARNING_RATE > 0, f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE}.")
+        need(self.GRADIENT_CLIP_NORM is None or self.GRADIENT_CLIP_NORM > 0,
+             f"GRADIENT_CLIP_NORM must be > 0 or None, got {self.GRADIENT_CLIP_NORM}.")
+
+    # ------------------------------------------------------------- helpers
+    @classmethod
+    def _setting_names(cls):
+        names = set()
+        for klass in cls.__mro__:
+            names.update(k for k in vars(klass) if k.isupper())
+        return sorted(names)
+
+    def to_dict(self):
+        """All settings (derived ones included) as plain JSON-friendly values."""
+        out = {}
+        for key in sorted(set(self._setting_names()) | {k for k in vars(self) if k.isupper()}):
+            value = getattr(self, key)
+            if callable(value):
+                value = getattr(value, "__name__", repr(value))
+            elif isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[key] = value
+        return out
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def copy(self, **overrides):
+        """A new Config of the same class with some settings changed (re-validated)."""
+        values = {k: getattr(self, k) for k in self._setting_names()}
+        values.update(overrides)
+        new = type(self).__new__(type(self))
+        try:
+            type(self).__init__(new, **values)
+        except TypeError:  # a subclass __init__ without **overrides
+            new = copy.deepcopy(self)
+            for k, v in overrides.items():
+                setattr(new, k, v)
+            Config.__init__(new)
+        return new
+
+    def display(self):
+        """Print every setting, as matterport did."""
+        print("\nConfigurations:")
+        for key, value in self.to_dict().items():
+            print(f"{key:30} {value}")
+        print("\n")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} NAME={self.NAME!r} BACKBONE={self.BACKBONE!r} " \
+               f"NUM_CLASSES={self.NUM_CLASSES} IMAGE_SHAPE={list(self.IMAGE_SHAPE)}>"
