@@ -1,0 +1,6 @@
+"""``python -m colabrcnn ...`` runs the ``colabrcnn`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""The ``colabrcnn`` command (also ``python -m colabrcnn``).
+
+Subcommands live in :data:`SUBCOMMANDS`: each has a help line, an
+``add_arguments(parser)`` that declares its options and a ``run(args) -> int`` that
+does the work. To add one, write those two functions and register them::
+
+    SUBCOMMANDS["train"] = Subcommand("train a model", _train_arguments, _train_run)
+
+Import heavy modules (Keras, the model) inside ``run``, so that ``colabrcnn --help``
+and ``colabrcnn doctor`` stay fast and keep working when Keras is broken.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from . import __version__
+from .errors import ColabRCNNError
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------ doctor
+def _doctor_arguments(parser):
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when problems are found (for CI)")
+
+
+def _doctor_run(args):
+    from . import env
+    report = env.doctor()
+    print(f"colabrcnn {__version__}")
+    print(env.format_report(report))
+    return 1 if (args.strict and report.problems) else 0
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "doctor": Subcommand("check Python, Keras, backend and GPU, and say what to fix",
+                         _doctor_arguments, _doctor_run),
+}
+
+
+# -------------------------------------------------------------------- main
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="colabrcnn",
+        description="Mask R-CNN instance segmentation on Keras 3 for Colab/Kaggle GPUs.")
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub_parser)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help or a usage error: argparse already printed
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.version:
+        print(f"colabrcnn {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(SUBCOMMANDS[args.command].run(args) or 0)
+    except ColabRCNNError as e:
+        # Our own errors carry a message written for the user; no traceback needed.
+        print(f"colabrcnn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
