@@ -1,0 +1,90 @@
+"""Box/class head and mask head, as layer sets shared by the training and
+inference graphs (so one set of weights serves both).
+
+matterport wraps each layer in TimeDistributed over ROIs; here ROIs are folded into the
+batch ([B, R, ...] -> [B*R, ...]) around the convs. Kernel shapes, and so the weights
+in matterport files, are the same.
+"""
+import keras
+from keras import layers
+
+from .backbone import BatchNorm
+
+
+class _FoldROIs(layers.Layer):
+    """[B, R, h, w, C] -> [B*R, h, w, C]."""
+
+    def call(self, x):
+        return keras.ops.reshape(x, (-1,) + tuple(x.shape[2:]))
+
+    def compute_output_shape(self, s):
+        return (None,) + tuple(s[2:])
+
+
+class _UnfoldROIs(layers.Layer):
+    """[B*R, ...] -> [B, R, ...] with R static."""
+
+    def __init__(self, num_rois, **kwargs):
+        super().__init__(**kwargs)
+        self.num_rois = int(num_rois)
+
+    def call(self, x):
+        return keras.ops.reshape(x, (-1, self.num_rois) + tuple(x.shape[1:]))
+
+    def compute_output_shape(self, s):
+        return (None, self.num_rois) + tuple(s[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "num_rois": self.num_rois}
+
+
+class ClassifierHead:
+    """Pooled ROIs [B, R, 7, 7, C] -> class logits [B, R, NC], probs, deltas [B, R, NC, 4]."""
+
+    def __init__(self, num_classes, fc_size, pool_size, train_bn):
+        self.num_classes = num_classes
+        self.conv1 = layers.Conv2D(fc_size, pool_size, padding="valid",
+                                   name="mrcnn_class_conv1")
+        self.bn1 = BatchNorm(train_bn, name="mrcnn_class_bn1")
+        self.conv2 = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")
+        self.bn2 = BatchNorm(train_bn, name="mrcnn_class_bn2")
+        self.logits = layers.Dense(
+            num_classes, name="mrcnn_class_logits",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        self.bbox = layers.Dense(
+            4 * num_classes, name="mrcnn_bbox_fc",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))
+
+    def __call__(self, pooled, num_rois, training=None):
+        x = _FoldROIs()(pooled)
+        x = layers.Activation("relu")(self.bn1(self.conv1(x), training=training))
+        x = layers.Activation("relu")(self.bn2(self.conv2(x), training=training))
+        x = layers.Flatten()(x)                                   # [B*R, fc]
+        x = _UnfoldROIs(num_rois)(x)                              # [B, R, fc]
+        logits = layers.Activation("linear", dtype="float32")(self.logits(x))
+        probs = layers.Activation("softmax", name="mrcnn_class", dtype="float32")(logits)
+        deltas = layers.Reshape((num_rois, self.num_classes, 4), name="mrcnn_bbox",
+                                dtype="float32")(self.bbox(x))
+        return logits, probs, deltas
+
+
+class MaskHead:
+    """Pooled ROIs [B, R, 14, 14, C] -> mask logits [B, R, 28, 28, NC]."""
+
+    def __init__(self, num_classes, channels, train_bn):
+        self.convs = [layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
+                      for i in range(1, 5)]
+        self.bns = [BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}") for i in range(1, 5)]
+        self.deconv = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
+                                             name="mrcnn_mask_deconv")
+        # matterport puts a sigmoid in this layer; we keep logits for a stable loss
+        # and apply the sigmoid outside (same weights).
+        self.out = layers.Conv2D(num_classes, 1, name="mrcnn_mask")
+
+    def __call__(self, pooled, num_rois, training=None):
+        x = _FoldROIs()(pooled)
+        for conv, bn in zip(self.convs, self.bns):
+            x = layers.Activation("relu")(bn(conv(x), training=training))
+        x = self.deconv(x)
+        x = self.out(x)
+        return _UnfoldROIs(num_rois, dtype="float32")(x)

@@ -1,0 +1,87 @@
+"""The five Mask R-CNN losses, under matterport's names, each a layer returning a scalar.
+
+Every loss averages over the elements that count (anchors with a label, valid ROIs,
+positive ROIs) and is 0 when there are none, never NaN.
+"""
+import keras
+from keras import ops
+
+
+def _masked_mean(values, weights):
+    weights = ops.cast(weights, "float32")
+    return ops.sum(values * weights) / ops.maximum(ops.sum(weights), 1.0)
+
+
+def smooth_l1(diff):
+    a = ops.abs(diff)
+    return ops.where(a < 1.0, 0.5 * a * a, a - 0.5)
+
+
+class RPNClassLoss(keras.layers.Layer):
+    """rpn_match [B, A, 1] (1 / -1 / 0 neutral), rpn_class_logits [B, A, 2]."""
+
+    def call(self, rpn_match, logits):
+        match = ops.cast(ops.squeeze(rpn_match, -1), "int32")
+        labels = ops.cast(match == 1, "int32")
+        ce = keras.losses.sparse_categorical_crossentropy(
+            labels, ops.cast(logits, "float32"), from_logits=True)
+        return _masked_mean(ce, match != 0)
+
+
+class RPNBBoxLoss(keras.layers.Layer):
+    """target_bbox [B, K, 4] packed in order of the positive anchors in rpn_match
+    [B, A, 1]; rpn_bbox [B, A, 4] predicted deltas."""
+
+    def call(self, target_bbox, rpn_match, rpn_bbox):
+        k = target_bbox.shape[1]
+        match = ops.cast(ops.squeeze(rpn_match, -1), "int32")
+        num_anchors = ops.shape(match)[1]
+        # First k positive anchors in index order: top-k of (A - index) on positives.
+        key = ops.where(match == 1, num_anchors - ops.arange(num_anchors)[None, :], 0)
+        key_val, idx = ops.top_k(key, k)
+        pred = ops.take_along_axis(ops.cast(rpn_bbox, "float32"),
+                                   ops.expand_dims(idx, -1), axis=1)   # [B, k, 4]
+        loss = smooth_l1(ops.cast(target_bbox, "float32") - pred)
+        valid = ops.expand_dims(ops.cast(key_val > 0, "float32"), -1) * ops.ones_like(loss)
+        return _masked_mean(loss, valid)
+
+
+class MRCNNClassLoss(keras.layers.Layer):
+    """target_class_ids [B, T], class logits [B, T, NC], roi_valid [B, T],
+    active_class_ids [B, NC] (classes present in the image's source dataset)."""
+
+    def call(self, target_class_ids, logits, roi_valid, active_class_ids):
+        target = ops.cast(target_class_ids, "int32")
+        logits = ops.cast(logits, "float32")
+        ce = keras.losses.sparse_categorical_crossentropy(target, logits, from_logits=True)
+        # matterport: no loss for predictions of classes not in this image's source.
+        pred_ids = ops.argmax(logits, axis=-1)
+        active = ops.take_along_axis(ops.cast(active_class_ids, "float32"),
+                                     ops.cast(pred_ids, "int32"), axis=1)
+        return _masked_mean(ce, ops.cast(roi_valid, "float32") * active)
+
+
+class MRCNNBBoxLoss(keras.layers.Layer):
+    """target_deltas [B, T, 4], target_class_ids [B, T], pred deltas [B, T, NC, 4]."""
+
+    def call(self, target_deltas, target_class_ids, pred):
+        target = ops.cast(target_class_ids, "int32")
+        idx = ops.reshape(target, ops.shape(target) + (1, 1))
+        p = ops.take_along_axis(ops.cast(pred, "float32"), idx, axis=2)[:, :, 0, :]
+        loss = smooth_l1(ops.cast(target_deltas, "float32") - p)          # [B, T, 4]
+        positive = ops.expand_dims(ops.cast(target > 0, "float32"), -1) * ops.ones_like(loss)
+        return _masked_mean(loss, positive)
+
+
+class MRCNNMaskLoss(keras.layers.Layer):
+    """target_masks [B, T, h, w], target_class_ids [B, T], mask logits [B, T, h, w, NC]."""
+
+    def call(self, target_masks, target_class_ids, mask_logits):
+        target = ops.cast(target_class_ids, "int32")
+        idx = ops.reshape(target, ops.shape(target) + (1, 1, 1))
+        logits = ops.take_along_axis(ops.cast(mask_logits, "float32"), idx, axis=4)[..., 0]
+        bce = keras.losses.binary_crossentropy(
+            ops.expand_dims(ops.cast(target_masks, "float32"), -1),
+            ops.expand_dims(logits, -1), from_logits=True)               # [B, T, h, w]
+        positive = ops.cast(target > 0, "float32")[..., None, None] * ops.ones_like(bce)
+        return _masked_mean(bce, positive)

@@ -1,0 +1,479 @@
+"""MaskRCNN: matterport's API on a Keras 3 model.
+
+    model = MaskRCNN(mode="training", config=config, model_dir="logs")
+    model.train(train_ds, val_ds, learning_rate=config.LEARNING_RATE, epochs=10,
+                layers="heads")
+    results = model.detect([image])   # [{"rois", "class_ids", "scores", "masks"}]
+
+One set of layers (backbone + FPN, RPN, heads) is built per MaskRCNN; the training
+graph and the inference graph are both wired from it, so a training-mode model can
+also ``detect`` without a round trip through a file.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import re
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from .. import utils
+from ..config import LOSS_NAMES
+from ..errors import ConfigError, WeightsError
+from .backbone import build_rpn_model, fpn_graph, resnet_graph
+from .detection import DetectionLayer
+from .heads import ClassifierHead, MaskHead
+from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss, RPNBBoxLoss, RPNClassLoss
+from .proposals import ProposalLayer
+from .roi_align import PyramidROIAlign
+from .targets import DetectionTargetLayer
+
+# matterport's layer-selection presets (regular expressions over layer names).
+LAYER_REGEX = {
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+# ------------------------------------------------------------------ small graph layers
+class NormBoxes(layers.Layer):
+    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape."""
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = [int(v) for v in image_shape[:2]]
+
+    def call(self, boxes):
+        h, w = self.image_shape
+        scale = ops.convert_to_tensor([h - 1.0, w - 1.0, h - 1.0, w - 1.0])
+        shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0])
+        return (ops.cast(boxes, "float32") - shift) / scale
+
+    def compute_output_shape(self, s):
+        return s
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": self.image_shape}
+
+
+class MetaWindow(layers.Layer):
+    """image_meta [B, META] -> normalized window [B, 4] (where the real image sits)."""
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = NormBoxes(image_shape)
+
+    def call(self, meta):
+        return self.norm(ops.cast(meta[:, 7:11], "float32"))
+
+    def compute_output_shape(self, s):
+        return (s[0], 4)
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": self.norm.image_shape}
+
+
+class ActiveClassIds(layers.Layer):
+    """image_meta [B, META] -> active_class_ids [B, NUM_CLASSES]."""
+
+    def call(self, meta):
+        return ops.cast(meta[:, 12:], "float32")
+
+    def compute_output_shape(self, s):
+        return (s[0], s[1] - 12)
+
+
+class DetectionBoxes(layers.Layer):
+    """detections [B, N, 6] -> boxes [B, N, 4]."""
+
+    def call(self, det):
+        return det[..., :4]
+
+    def compute_output_shape(self, s):
+        return tuple(s[:-1]) + (4,)
+
+
+# ---------------------------------------------------------------------- training model
+class TrainingModel(keras.Model):
+    """The training graph: its outputs are the five losses; compute_loss sums them.
+
+    Adds matterport's L2 weight decay (sum of w^2 / size(w) over trainable weights
+    except BatchNorm gamma/beta) and tracks each loss as a metric so that the
+    progress bar and logs show them under matterport's names.
+    """
+
+    def __init__(self, *args, loss_weights=None, weight_decay=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_weights_ = {k: float((loss_weights or {}).get(k, 1.0)) for k in LOSS_NAMES}
+        self.weight_decay = float(weight_decay)
+        self.loss_trackers = [keras.metrics.Mean(name=n) for n in LOSS_NAMES]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total = 0.0
+        for name in LOSS_NAMES:
+            total = total + self.loss_weights_[name] * ops.cast(y_pred[name], "float32")
+        if self.weight_decay:
+            reg = [ops.sum(ops.square(ops.cast(w, "float32"))) / float(np.prod(w.shape))
+                   for w in self.trainable_weights
+                   if w.name not in ("gamma", "beta")]
+            if reg:
+                total = total + self.weight_decay * ops.sum(ops.stack(reg))
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for tracker, name in zip(self.loss_trackers, LOSS_NAMES):
+            tracker.update_state(y_pred[name])
+        return self.get_metrics_result()
+
+
+# -------------------------------------------------------------------------- MaskRCNN
+class MaskRCNN:
+    """Mask R-CNN with matterport's API.
+
+    mode: "training" or "inference"; config: a colabrcnn.Config; model_dir: where run
+    folders with logs and checkpoints go (a Drive folder on Colab).
+    """
+
+    def __init__(self, mode, config, model_dir="logs"):
+        if mode not in ("training", "inference"):
+            raise ConfigError(f"mode must be 'training' or 'inference', got {mode!r}")
+        if mode == "training" and not config.USE_RPN_ROIS:
+            raise ConfigError("USE_RPN_ROIS=False (training the heads on externally "
+                              "generated ROIs) is not supported; keep USE_RPN_ROIS=True")
+        self.mode = mode
+        self.config = config
+        self.model_dir = model_dir
+        self.epoch = 0
+        self.log_dir = None
+        self.checkpoint_path = None
+        self.set_log_dir()
+        self._build_layers()
+        self._graphs = {}
+        self.keras_model = self._graph(mode)
+
+    # ------------------------------------------------------------------- building
+    def _image_shape(self, mode):
+        c = self.config
+        if mode == "inference" and c.IMAGE_RESIZE_MODE == "crop":
+            return np.array([c.IMAGE_MAX_DIM, c.IMAGE_MAX_DIM, c.IMAGE_CHANNEL_COUNT])
+        return np.asarray(c.IMAGE_SHAPE)
+
+    def _build_layers(self):
+        """Create every weight-owning part once."""
+        c = self.config
+        inp = keras.Input(shape=(None, None, c.IMAGE_CHANNEL_COUNT), name="input_image")
+        if callable(c.BACKBONE):
+            _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
+        else:
+            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN)
+        pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
+        self.backbone = keras.Model(inp, pyramid, name="backbone_fpn")
+        self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
+                                   c.TOP_DOWN_PYRAMID_SIZE)
+        self.classifier = ClassifierHead(c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE,
+                                         c.POOL_SIZE, c.TRAIN_BN)
+        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, c.TRAIN_BN)
+
+    def _rpn(self, pyramid):
+        outs = [self.rpn(p) for p in pyramid]
+        logits, probs, bbox = zip(*outs)
+        # Concatenate the levels along the anchor axis (P2 first, as the anchors).
+        return (layers.Concatenate(axis=1, name="rpn_class_logits")(list(logits)),
+                layers.Concatenate(axis=1, name="rpn_class")(list(probs)),
+                layers.Concatenate(axis=1, name="rpn_bbox")(list(bbox)))
+
+    def _anchors(self, image_shape):
+        return utils.norm_boxes(utils.get_anchors(self.config, image_shape), image_shape)
+
+    def _graph(self, mode):
+        if mode in self._graphs:
+            return self._graphs[mode]
+        c = self.config
+        shape = self._image_shape(mode)
+        image_shape = tuple(int(v) for v in shape)
+        input_image = keras.Input(shape=image_shape, name="input_image")
+        input_meta = keras.Input(shape=(c.IMAGE_META_SIZE,), name="input_image_meta")
+        pyramid = self.backbone(input_image)
+        p2, p3, p4, p5, _ = pyramid
+        rpn_logits, rpn_probs, rpn_bbox = self._rpn(pyramid)
+        anchors = self._anchors(image_shape)
+        roi_align = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), image_shape,
+                                    name="roi_align_classifier")
+        mask_align = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE), image_shape,
+                                     name="roi_align_mask")
+
+        if mode == "training":
+            num_anchors = anchors.shape[0]
+            input_rpn_match = keras.Input(shape=(num_anchors, 1), dtype="int32",
+                                          name="input_rpn_match")
+            input_rpn_bbox = keras.Input(shape=(c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
+                                         name="input_rpn_bbox")
+            input_gt_class_ids = keras.Input(shape=(c.MAX_GT_INSTANCES,), dtype="int32",
+                                             name="input_gt_class_ids")
+            input_gt_boxes = keras.Input(shape=(c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
+            mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
+            input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
+                                         name="input_gt_masks")
+            gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes")(input_gt_boxes)
+            rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD,
+                                     c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
+                                     name="ROI")(rpn_probs, rpn_bbox)
+            rois, target_class_ids, target_deltas, target_masks, roi_valid = \
+                DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
+                                     c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
+                                     name="proposal_targets")(
+                    rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
+            t = c.TRAIN_ROIS_PER_IMAGE
+            class_logits, _, deltas = self.classifier(roi_align(rois, p2, p3, p4, p5), t)
+            mask_logits = self.mask_head(mask_align(rois, p2, p3, p4, p5), t)
+            active = ActiveClassIds(name="active_class_ids")(input_meta)
+            losses = {
+                "rpn_class_loss": RPNClassLoss(name="rpn_class_loss")(input_rpn_match,
+                                                                      rpn_logits),
+                "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss")(input_rpn_bbox,
+                                                                   input_rpn_match, rpn_bbox),
+                "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss")(
+                    target_class_ids, class_logits, roi_valid, active),
+                "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss")(
+                    target_deltas, target_class_ids, deltas),
+                "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss")(
+                    target_masks, target_class_ids, mask_logits),
+            }
+            inputs = [input_image, input_meta, input_rpn_match, input_rpn_bbox,
+                      input_gt_class_ids, input_gt_boxes, input_gt_masks]
+            model = TrainingModel(inputs=inputs, outputs=losses, name="mask_rcnn_training",
+                                  loss_weights=c.LOSS_WEIGHTS, weight_decay=c.WEIGHT_DECAY)
+        else:
+            rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD,
+                                     c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
+                                     name="ROI")(rpn_probs, rpn_bbox)
+            r = c.POST_NMS_ROIS_INFERENCE
+            _, probs, deltas = self.classifier(roi_align(rpn_rois, p2, p3, p4, p5), r)
+            window = MetaWindow(image_shape, name="window")(input_meta)
+            detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
+                                        c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
+                                        name="mrcnn_detection")(rpn_rois, probs, deltas, window)
+            det_boxes = DetectionBoxes(name="detection_boxes")(detections)
+            mask_logits = self.mask_head(mask_align(det_boxes, p2, p3, p4, p5),
+                                         c.DETECTION_MAX_INSTANCES)
+            masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
+                                      dtype="float32")(mask_logits)
+            model = keras.Model(
+                [input_image, input_meta],
+                {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
+                 "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
+                 "rpn_bbox": rpn_bbox},
+                name="mask_rcnn_inference")
+        self._graphs[mode] = model
+        return model
+
+    # ------------------------------------------------------------------- weights
+    def save_weights(self, path):
+        from .. import weights
+        return weights.save_weights(self.keras_model, path)
+
+    def load_weights(self, filepath, by_name=False, exclude=None, verbose=0):
+        """Load weights by layer name from an HDF5 file (ours or matterport's).
+
+        exclude: layer names or regexes to skip, e.g. ``weights.HEADS`` when NUM_CLASSES
+        differs from the file's. Also sets the epoch counter from a checkpoint name.
+        """
+        from .. import weights
+        report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
+                                      exclude=exclude, verbose=verbose)
+        if not report["loaded"]:
+            raise WeightsError(f"no layer of this model was found in {filepath}")
+        self.set_log_dir(filepath)
+        return report
+
+    def find_last(self):
+        """Path of the newest checkpoint of the newest run of this config's NAME."""
+        name = (self.config.NAME or "model").lower()
+        runs = sorted(d for d in glob.glob(os.path.join(self.model_dir, name + "*"))
+                      if os.path.isdir(d))
+        for run in reversed(runs):
+            ckpts = sorted(glob.glob(os.path.join(run, "mask_rcnn_*.h5")))
+            if ckpts:
+                return ckpts[-1]
+        raise FileNotFoundError(
+            f"no checkpoint of '{name}' under {os.path.abspath(self.model_dir)}: train "
+            f"first, or pass the weights file path to load_weights()")
+
+    def set_log_dir(self, model_path=None):
+        """Run folder and checkpoint naming; continues a run when given its checkpoint."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        name = (self.config.NAME or "model").lower()
+        if model_path:
+            m = re.search(r"[/\\]([\w-]+)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
+                          r"mask\_rcnn\_[\w-]+(\d{4})\.(weights\.)?h5$", str(model_path))
+            if m:
+                now = datetime.datetime(*[int(v) for v in m.groups()[1:6]])
+                self.epoch = int(m.group(7))
+        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_*epoch*.h5")
+        self.checkpoint_path = self.checkpoint_path.replace("*epoch*", "{epoch:04d}")
+
+    # ------------------------------------------------------------------- training
+    def set_trainable(self, layer_regex, verbose=0):
+        """Make layers whose names fully match the regex trainable, freeze the rest."""
+        regex = LAYER_REGEX.get(layer_regex, layer_regex)
+        pattern = re.compile(regex)
+        trainable = []
+
+        def visit(layer):
+            sub = getattr(layer, "layers", None)
+            if sub is not None and layer.name != "rpn_model":
+                layer.trainable = True
+                for s in sub:
+                    visit(s)
+                return
+            if not layer.weights:
+                return
+            on = bool(pattern.fullmatch(layer.name))
+            layer.trainable = on
+            if on:
+                trainable.append(layer.name)
+
+        for layer in self.keras_model.layers:
+            visit(layer)
+        if verbose:
+            print(f"Trainable layers ({len(trainable)}): {', '.join(trainable)}")
+        return trainable
+
+    def compile(self, learning_rate, momentum, optimizer=None):
+        c = self.config
+        if optimizer is None:
+            optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                             clipnorm=c.GRADIENT_CLIP_NORM)
+        jit = "auto"
+        if keras.backend.backend() == "torch":
+            jit = False  # see DESIGN: torch.compile is unreliable here; train eagerly
+        self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
+              optimizer=None, verbose=1, seed=None):
+        """Train to epoch ``epochs`` (counted from where the last run stopped).
+
+        layers: "heads", "3+", "4+", "5+", "all" or a regular expression of layer names.
+        """
+        from ..data.loader import DataGenerator
+        if self.mode != "training":
+            raise ConfigError("create the model with mode='training' to train")
+        c = self.config
+        train_gen = DataGenerator(train_dataset, c, shuffle=True, augmentation=augmentation,
+                                  seed=seed, steps=c.STEPS_PER_EPOCH)
+        val_gen = None
+        if val_dataset is not None:
+            val_gen = DataGenerator(val_dataset, c, shuffle=True, seed=seed,
+                                    steps=c.VALIDATION_STEPS)
+        os.makedirs(self.log_dir, exist_ok=True)
+        callbacks = [
+            keras.callbacks.CSVLogger(os.path.join(self.log_dir, "log.csv"), append=True),
+            _CheckpointCallback(self),
+        ] + list(custom_callbacks or [])
+        if verbose:
+            print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
+                  f"Checkpoint path: {self.checkpoint_path}")
+        self.set_trainable(layers, verbose=verbose > 1)
+        self.compile(learning_rate, c.LEARNING_MOMENTUM, optimizer=optimizer)
+        history = self.keras_model.fit(
+            train_gen, initial_epoch=self.epoch, epochs=epochs, validation_data=val_gen,
+            callbacks=callbacks, verbose=verbose)
+        self.epoch = max(self.epoch, epochs)
+        return history
+
+    # ------------------------------------------------------------------ inference
+    def mold_inputs(self, images):
+        """Resize/pad images for the network.
+
+        Returns molded_images [N, H, W, 3] float32, image_metas [N, META], windows [N, 4].
+        """
+        c = self.config
+        mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
+        shape = self._image_shape("inference")
+        molded, metas, windows = [], [], []
+        for image in images:
+            from ..data.dataset import to_rgb_uint8
+            image = to_rgb_uint8(image)
+            m, window, scale, padding, crop = utils.resize_image(
+                image, min_dim=c.IMAGE_MIN_DIM, min_scale=c.IMAGE_MIN_SCALE,
+                max_dim=c.IMAGE_MAX_DIM, mode=mode)
+            m = utils.pad_to_shape(m, shape)
+            meta = utils.compose_image_meta(0, image.shape, m.shape, window, scale,
+                                            np.zeros([c.NUM_CLASSES], dtype=np.int32))
+            molded.append(utils.mold_image(m, c))
+            metas.append(meta)
+            windows.append(window)
+        return np.stack(molded), np.stack(metas), np.array(windows)
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
+                          window):
+        """One image's network outputs -> boxes, class ids, scores and full-size masks."""
+        n = int(np.sum(detections[:, 4] > 0))
+        boxes = detections[:n, :4]
+        class_ids = detections[:n, 4].astype(np.int32)
+        scores = detections[:n, 5]
+        masks = mrcnn_mask[np.arange(n), :, :, class_ids]
+        # Normalized (molded image) -> normalized (window) -> original pixels.
+        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.array(window)[None], image_shape[:2])[0]
+        shift = np.array([wy1, wx1, wy1, wx1])
+        scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+        boxes = utils.denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
+        keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
+        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], \
+            masks[keep]
+        full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape)
+                for i in range(len(keep))]
+        full = np.stack(full, axis=-1) if full else \
+            np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
+        return boxes, class_ids, scores, full
+
+    def detect(self, images, verbose=0):
+        """Detect instances in a list of images (any count; batched by BATCH_SIZE).
+
+        Returns one dict per image: rois [N, (y1, x1, y2, x2)] in original pixels,
+        class_ids [N], scores [N], masks [H, W, N] bool at the original size.
+        """
+        model = self._graph("inference")
+        images = list(images)
+        bs = self.config.BATCH_SIZE
+        results = []
+        for start in range(0, len(images), bs):
+            chunk = images[start:start + bs]
+            molded, metas, windows = self.mold_inputs(chunk)
+            pad = bs - len(chunk)
+            if pad:  # keep the compiled batch size
+                molded = np.concatenate([molded, np.repeat(molded[:1], pad, 0)])
+                metas = np.concatenate([metas, np.repeat(metas[:1], pad, 0)])
+            if verbose:
+                print(f"Processing {len(chunk)} images; molded {molded.shape}")
+            out = model.predict_on_batch({"input_image": molded, "input_image_meta": metas})
+            det = np.asarray(out["detections"])
+            masks = np.asarray(out["mrcnn_mask"])
+            for i, image in enumerate(chunk):
+                rois, class_ids, scores, full = self.unmold_detections(
+                    det[i], masks[i], np.asarray(image).shape, molded[i].shape, windows[i])
+                results.append({"rois": rois, "class_ids": class_ids, "scores": scores,
+                                "masks": full})
+        return results
+
+
+class _CheckpointCallback(keras.callbacks.Callback):
+    """Writes the layer weights at the end of each epoch (matterport's file names)."""
+
+    def __init__(self, owner):
+        super().__init__()
+        self.owner = owner
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = self.owner.checkpoint_path.format(epoch=epoch + 1)
+        self.owner.save_weights(path)
+        self.owner.epoch = epoch + 1

@@ -1,0 +1,491 @@
+"""NumPy helpers shared by the data pipeline, the model wrapper and evaluation.
+
+Boxes are (y1, x1, y2, x2) in pixels with y2/x2 exclusive, as in matterport, unless
+a function says "normalized" (then 0..1 with (0, 0, 1, 1) the whole image, where the
+last pixel row/column maps to 1 - see ``norm_boxes``).
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError
+
+
+# ----------------------------------------------------------------------------- boxes
+def extract_bboxes(mask):
+    """Tight boxes of H x W x N masks -> [N, (y1, x1, y2, x2)] int32, (0,0,0,0) if empty."""
+    n = mask.shape[-1]
+    boxes = np.zeros([n, 4], dtype=np.int32)
+    for i in range(n):
+        m = mask[:, :, i]
+        rows = np.where(np.any(m, axis=1))[0]
+        cols = np.where(np.any(m, axis=0))[0]
+        if rows.size:
+            boxes[i] = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    return boxes
+
+
+def compute_overlaps(boxes1, boxes2):
+    """IoU of every box pair: [N1, 4], [N2, 4] -> [N1, N2]. Zero-area boxes give 0."""
+    b1 = np.asarray(boxes1, dtype=np.float64)[:, None, :]
+    b2 = np.asarray(boxes2, dtype=np.float64)[None, :, :]
+    y1 = np.maximum(b1[..., 0], b2[..., 0])
+    x1 = np.maximum(b1[..., 1], b2[..., 1])
+    y2 = np.minimum(b1[..., 2], b2[..., 2])
+    x2 = np.minimum(b1[..., 3], b2[..., 3])
+    inter = np.maximum(y2 - y1, 0) * np.maximum(x2 - x1, 0)
+    a1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
+    a2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
+    union = a1 + a2 - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+def compute_overlaps_masks(masks1, masks2):
+    """Mask IoU: [H, W, N1], [H, W, N2] -> [N1, N2]."""
+    if masks1.shape[-1] == 0 or masks2.shape[-1] == 0:
+        return np.zeros((masks1.shape[-1], masks2.shape[-1]), dtype=np.float32)
+    m1 = np.reshape(masks1 > .5, (-1, masks1.shape[-1])).astype(np.float32)
+    m2 = np.reshape(masks2 > .5, (-1, masks2.shape[-1])).astype(np.float32)
+    a1, a2 = m1.sum(0), m2.sum(0)
+    inter = m1.T @ m2
+    union = a1[:, None] + a2[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+def box_refinement(box, gt_box):
+    """Deltas (dy, dx, log dh, log dw) that turn ``box`` into ``gt_box``; [N, 4] each."""
+    box = np.asarray(box, dtype=np.float32)
+    gt_box = np.asarray(gt_box, dtype=np.float32)
+    h = box[:, 2] - box[:, 0]
+    w = box[:, 3] - box[:, 1]
+    cy = box[:, 0] + 0.5 * h
+    cx = box[:, 1] + 0.5 * w
+    gh = gt_box[:, 2] - gt_box[:, 0]
+    gw = gt_box[:, 3] - gt_box[:, 1]
+    gcy = gt_box[:, 0] + 0.5 * gh
+    gcx = gt_box[:, 1] + 0.5 * gw
+    return np.stack([(gcy - cy) / h, (gcx - cx) / w, np.log(gh / h), np.log(gw / w)], axis=1)
+
+
+def apply_box_deltas(boxes, deltas):
+    """Inverse of box_refinement: [N, 4] boxes and [N, 4] deltas -> [N, 4] boxes."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    deltas = np.asarray(deltas, dtype=np.float32)
+    h = boxes[:, 2] - boxes[:, 0]
+    w = boxes[:, 3] - boxes[:, 1]
+    cy = boxes[:, 0] + 0.5 * h + deltas[:, 0] * h
+    cx = boxes[:, 1] + 0.5 * w + deltas[:, 1] * w
+    h = h * np.exp(deltas[:, 2])
+    w = w * np.exp(deltas[:, 3])
+    return np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=1)
+
+
+def norm_boxes(boxes, shape):
+    """Pixel boxes -> normalized: (y1, x1, y2 - 1, x2 - 1) / (h - 1, w - 1)."""
+    h, w = shape[:2]
+    scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float32)
+    shift = np.array([0, 0, 1, 1], dtype=np.float32)
+    return ((np.asarray(boxes, dtype=np.float32) - shift) / scale).astype(np.float32)
+
+
+def denorm_boxes(boxes, shape):
+    """Normalized boxes -> pixel boxes (inverse of norm_boxes), int32."""
+    h, w = shape[:2]
+    scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float32)
+    shift = np.array([0, 0, 1, 1], dtype=np.float32)
+    return np.around(np.asarray(boxes, dtype=np.float32) * scale + shift).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- images
+def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square",
+                 rng=None):
+    """Resize keeping the aspect ratio, as matterport's modes do.
+
+    Returns (image, window, scale, padding, crop):
+      window (y1, x1, y2, x2): where the real image sits in the result (excluding padding)
+      padding [(top, bottom), (left, right), (0, 0)]; crop (y, x, h, w) or None.
+    ``crop`` picks a random min_dim x min_dim crop (``rng``: numpy Generator).
+    """
+    image_dtype = image.dtype
+    h, w = image.shape[:2]
+    window = (0, 0, h, w)
+    scale = 1.0
+    padding = [(0, 0), (0, 0), (0, 0)]
+    crop = None
+    if mode == "none":
+        return image, window, scale, padding, crop
+    if min_dim:
+        scale = max(1.0, min_dim / min(h, w))
+    if min_scale and scale < min_scale:
+        scale = min_scale
+    if max_dim and mode == "square":
+        image_max = max(h, w)
+        if round(image_max * scale) > max_dim:
+            scale = max_dim / image_max
+    if scale != 1:
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        if image.ndim == 2:
+            image = image[..., None]
+    h, w = image.shape[:2]
+    if mode == "square":
+        top = (max_dim - h) // 2
+        left = (max_dim - w) // 2
+        padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)]
+        image = np.pad(image, padding, mode="constant", constant_values=0)
+        window = (top, left, h + top, w + left)
+    elif mode == "pad64":
+        if min_dim % 64 != 0:
+            raise ConfigError("IMAGE_MIN_DIM must be a multiple of 64 in 'pad64' mode")
+        ph = (64 - h % 64) % 64
+        pw = (64 - w % 64) % 64
+        top, left = ph // 2, pw // 2
+        padding = [(top, ph - top), (left, pw - left), (0, 0)]
+        image = np.pad(image, padding, mode="constant", constant_values=0)
+        window = (top, left, h + top, w + left)
+    elif mode == "crop":
+        rng = rng or np.random.default_rng()
+        if h < min_dim or w < min_dim:
+            # Small image: pad up to the crop size first (top-left), then crop.
+            ph, pw = max(0, min_dim - h), max(0, min_dim - w)
+            padding = [(0, ph), (0, pw), (0, 0)]
+            image = np.pad(image, padding, mode="constant", constant_values=0)
+            h, w = image.shape[:2]
+        y = int(rng.integers(0, h - min_dim + 1))
+        x = int(rng.integers(0, w - min_dim + 1))
+        crop = (y, x, min_dim, min_dim)
+        image = image[y:y + min_dim, x:x + min_dim]
+        window = (0, 0, min_dim, min_dim)
+    else:
+        raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
+    return image.astype(image_dtype), window, scale, padding, crop
+
+
+def resize_mask(mask, scale, padding, crop=None):
+    """Apply resize_image's scale/padding/crop to an H x W x N mask (nearest)."""
+    mask = np.asarray(mask)
+    h, w, n = mask.shape
+    if scale != 1 and n:
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        parts = []
+        # cv2.resize handles at most 512 channels at a time.
+        for i in range(0, n, 512):
+            part = cv2.resize(mask[..., i:i + 512].astype(np.uint8), (nw, nh),
+                              interpolation=cv2.INTER_NEAREST)
+            parts.append(part.reshape(nh, nw, -1))
+        mask = np.concatenate(parts, axis=-1)
+    elif scale != 1:
+        mask = np.zeros((max(1, round(h * scale)), max(1, round(w * scale)), 0), mask.dtype)
+    mask = np.pad(mask, padding, mode="constant", constant_values=0)
+    if crop is not None:
+        y, x, ch, cw = crop
+        mask = mask[y:y + ch, x:x + cw]
+    return mask.astype(bool)
+
+
+def pad_to_shape(image, shape):
+    """Pad H x W x C at the bottom/right up to shape[:2] (keeps shapes static)."""
+    h, w = image.shape[:2]
+    th, tw = int(shape[0]), int(shape[1])
+    if h > th or w > tw:
+        raise ConfigError(
+            f"image of {h}x{w} does not fit in IMAGE_SHAPE {th}x{tw}; raise IMAGE_MAX_DIM "
+            f"or use IMAGE_RESIZE_MODE='square'")
+    if (h, w) == (th, tw):
+        return image
+    pad = [(0, th - h), (0, tw - w)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, pad, mode="constant", constant_values=0)
+
+
+def minimize_mask(bbox, mask, mini_shape):
+    """Crop each mask to its box and resize to mini_shape: [H, W, N] -> [h, w, N] bool."""
+    mini = np.zeros(tuple(mini_shape) + (mask.shape[-1],), dtype=bool)
+    for i in range(mask.shape[-1]):
+        y1, x1, y2, x2 = bbox[i][:4]
+        m = mask[y1:y2, x1:x2, i]
+        if m.size == 0:
+            continue
+        m = cv2.resize(m.astype(np.float32), (mini_shape[1], mini_shape[0]),
+                       interpolation=cv2.INTER_LINEAR)
+        mini[:, :, i] = m >= 0.5
+    return mini
+
+
+def expand_mask(bbox, mini_mask, image_shape):
+    """Inverse of minimize_mask: [h, w, N] -> [H, W, N] bool."""
+    mask = np.zeros(tuple(image_shape[:2]) + (mini_mask.shape[-1],), dtype=bool)
+    for i in range(mask.shape[-1]):
+        y1, x1, y2, x2 = bbox[i][:4]
+        h, w = y2 - y1, x2 - x1
+        if h <= 0 or w <= 0:
+            continue
+        m = cv2.resize(mini_mask[:, :, i].astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_LINEAR)
+        mask[y1:y2, x1:x2, i] = m >= 0.5
+    return mask
+
+
+def unmold_mask(mask, bbox, image_shape, threshold=0.5):
+    """A predicted [h, w] float mask inside ``bbox`` -> full-image H x W bool mask."""
+    y1, x1, y2, x2 = [int(v) for v in bbox]
+    full = np.zeros(tuple(image_shape[:2]), dtype=bool)
+    # Clip to the image: the box may stick out a little after refinement.
+    cy1, cx1 = max(y1, 0), max(x1, 0)
+    cy2, cx2 = min(y2, image_shape[0]), min(x2, image_shape[1])
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or cy2 <= cy1 or cx2 <= cx1:
+        return full
+    m = cv2.resize(mask.astype(np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+    full[cy1:cy2, cx1:cx2] = m[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1] >= threshold
+    return full
+
+
+def mold_image(images, config):
+    """uint8 RGB -> float32 minus MEAN_PIXEL (what the network and the weights expect)."""
+    return images.astype(np.float32) - config.MEAN_PIXEL
+
+
+def unmold_image(normalized_images, config):
+    return (normalized_images + config.MEAN_PIXEL).clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------- image meta
+def compose_image_meta(image_id, original_image_shape, image_shape, window, scale,
+                       active_class_ids):
+    """[1 + 3 + 3 + 4 + 1 + NUM_CLASSES] float32 vector describing one molded image."""
+    return np.array([image_id] + list(original_image_shape) + list(image_shape)
+                    + list(window) + [scale] + list(active_class_ids), dtype=np.float32)
+
+
+def parse_image_meta(meta):
+    """Inverse of compose_image_meta for a batch [B, META] -> dict of arrays."""
+    meta = np.asarray(meta)
+    return {
+        "image_id": meta[:, 0].astype(np.int32),
+        "original_image_shape": meta[:, 1:4].astype(np.int32),
+        "image_shape": meta[:, 4:7].astype(np.int32),
+        "window": meta[:, 7:11].astype(np.int32),
+        "scale": meta[:, 11].astype(np.float32),
+        "active_class_ids": meta[:, 12:].astype(np.int32),
+    }
+
+
+# -------------------------------------------------------------------------- anchors
+def compute_backbone_shapes(config, image_shape):
+    """[[h, w], ...] of the feature maps P2..P6 for a given image shape."""
+    if callable(config.BACKBONE):
+        return np.asarray(config.COMPUTE_BACKBONE_SHAPE(image_shape))
+    return np.array([[int(math.ceil(image_shape[0] / s)), int(math.ceil(image_shape[1] / s))]
+                     for s in config.BACKBONE_STRIDES])
+
+
+def generate_anchors(scale, ratios, shape, feature_stride, anchor_stride):
+    """Anchors of one level: [h * w * len(ratios), (y1, x1, y2, x2)] in pixels.
+
+    Ordered by cell (row-major), then by ratio, matching the RPN head's output order.
+    """
+    ratios = np.asarray(ratios, dtype=np.float64)
+    heights = scale / np.sqrt(ratios)   # ratio = width / height
+    widths = scale * np.sqrt(ratios)
+    shifts_y = np.arange(0, shape[0], anchor_stride) * feature_stride
+    shifts_x = np.arange(0, shape[1], anchor_stride) * feature_stride
+    shifts_x, shifts_y = np.meshgrid(shifts_x, shifts_y)
+    box_widths, box_centers_x = np.meshgrid(widths, shifts_x)
+    box_heights, box_centers_y = np.meshgrid(heights, shifts_y)
+    centers = np.stack([box_centers_y, box_centers_x], axis=2).reshape([-1, 2])
+    sizes = np.stack([box_heights, box_widths], axis=2).reshape([-1, 2])
+    return np.concatenate([centers - 0.5 * sizes, centers + 0.5 * sizes], axis=1)
+
+
+def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, anchor_stride):
+    """All levels' anchors concatenated, P2 first: [A, 4] pixels."""
+    return np.concatenate([
+        generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i],
+                         anchor_stride) for i in range(len(scales))], axis=0)
+
+
+def get_anchors(config, image_shape=None):
+    """Pixel anchors for the config's (or the given) image shape; cached per shape."""
+    image_shape = tuple(int(v) for v in (image_shape if image_shape is not None
+                                         else config.IMAGE_SHAPE)[:2])
+    key = (image_shape, tuple(config.RPN_ANCHOR_SCALES), tuple(config.RPN_ANCHOR_RATIOS),
+           tuple(config.BACKBONE_STRIDES), config.RPN_ANCHOR_STRIDE)
+    cache = _ANCHOR_CACHE
+    if key not in cache:
+        shapes = compute_backbone_shapes(config, image_shape)
+        cache[key] = generate_pyramid_anchors(
+            config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes,
+            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE).astype(np.float32)
+    return cache[key]
+
+
+_ANCHOR_CACHE: dict = {}
+
+
+# ---------------------------------------------------------------------- RPN targets
+def build_rpn_targets(anchors, gt_class_ids, gt_boxes, config, rng=None):
+    """Which anchors are objects, and their box deltas (matterport's rules).
+
+    anchors [A, 4]; gt_boxes [N, 4] pixels.
+    Returns rpn_match [A] int32 (1 positive, -1 negative, 0 neutral) and
+    rpn_bbox [RPN_TRAIN_ANCHORS_PER_IMAGE, 4] deltas of the positives (zero padded),
+    already divided by RPN_BBOX_STD_DEV.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
+    rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), dtype=np.float32)
+
+    # Crowd boxes (negative class ids) may not be negatives but are never targets.
+    crowd_ix = np.where(gt_class_ids < 0)[0]
+    if crowd_ix.shape[0] > 0:
+        non_crowd_ix = np.where(gt_class_ids > 0)[0]
+        crowd_overlaps = compute_overlaps(anchors, gt_boxes[crowd_ix])
+        no_crowd_bool = np.amax(crowd_overlaps, axis=1) < 0.001
+        gt_class_ids = gt_class_ids[non_crowd_ix]
+        gt_boxes = gt_boxes[non_crowd_ix]
+    else:
+        no_crowd_bool = np.ones([anchors.shape[0]], dtype=bool)
+
+    if gt_boxes.shape[0] == 0:
+        # No objects: every anchor away from crowds is a candidate negative.
+        rpn_match[no_crowd_bool] = -1
+    else:
+        overlaps = compute_overlaps(anchors, gt_boxes)  # [A, N]
+        anchor_iou_argmax = np.argmax(overlaps, axis=1)
+        anchor_iou_max = overlaps[np.arange(overlaps.shape[0]), anchor_iou_argmax]
+        rpn_match[(anchor_iou_max < 0.3) & no_crowd_bool] = -1
+        # Every GT box gets its best anchor(s) as positives, whatever the IoU.
+        gt_iou_max = np.max(overlaps, axis=0)
+        best = np.argwhere((overlaps == gt_iou_max[None]) & (gt_iou_max[None] > 0))[:, 0]
+        rpn_match[best] = 1
+        rpn_match[anchor_iou_max >= 0.7] = 1
+
+    # Balance: at most half positives, negatives fill up to the total.
+    ids = np.where(rpn_match == 1)[0]
+    extra = len(ids) - config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2
+    if extra > 0:
+        rpn_match[rng.choice(ids, extra, replace=False)] = 0
+    ids = np.where(rpn_match == -1)[0]
+    extra = len(ids) - (config.RPN_TRAIN_ANCHORS_PER_IMAGE - np.sum(rpn_match == 1))
+    if extra > 0:
+        rpn_match[rng.choice(ids, extra, replace=False)] = 0
+
+    ids = np.where(rpn_match == 1)[0]
+    if len(ids) and gt_boxes.shape[0]:
+        gt = gt_boxes[anchor_iou_argmax[ids]]
+        rpn_bbox[:len(ids)] = box_refinement(anchors[ids], gt) / config.RPN_BBOX_STD_DEV
+    return rpn_match, rpn_bbox
+
+
+# -------------------------------------------------------------- ground truth loading
+def load_image_gt(dataset, config, image_id, augmentation=None, rng=None):
+    """Load, resize and (optionally) augment one image with its instances.
+
+    Returns image [H, W, 3] uint8 at IMAGE_SHAPE, image_meta, class_ids [N] int32,
+    bbox [N, 4] int32 pixels, mask [H, W, N] or mini-mask [h, w, N] bool.
+    ``augmentation`` is a callable(image, masks, class_ids) -> (image, masks, class_ids)
+    applied before resizing (see colabrcnn.data.augment).
+    """
+    image = dataset.load_image(image_id)
+    mask, class_ids = dataset.load_mask(image_id)
+    mask = np.asarray(mask, dtype=bool)
+    class_ids = np.asarray(class_ids, dtype=np.int32)
+    if augmentation is not None:
+        image, mask, class_ids = augmentation(image, mask, class_ids)
+    original_shape = image.shape
+    image, window, scale, padding, crop = resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
+        min_scale=config.IMAGE_MIN_SCALE, mode=config.IMAGE_RESIZE_MODE, rng=rng)
+    mask = resize_mask(mask, scale, padding, crop)
+    image = pad_to_shape(image, config.IMAGE_SHAPE)
+    mask = pad_to_shape(mask, config.IMAGE_SHAPE)
+
+    # Drop instances that the crop (or resizing) removed entirely.
+    keep = np.where(np.sum(mask, axis=(0, 1)) > 0)[0]
+    mask = mask[:, :, keep]
+    class_ids = class_ids[keep]
+    bbox = extract_bboxes(mask)
+
+    active_class_ids = np.zeros([config.NUM_CLASSES], dtype=np.int32)
+    source_class_ids = dataset.source_class_ids.get(
+        dataset.image_info[image_id]["source"], list(range(config.NUM_CLASSES)))
+    active_class_ids[[c for c in source_class_ids if c < config.NUM_CLASSES]] = 1
+
+    if config.USE_MINI_MASK:
+        mask = minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+    image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
+                                    active_class_ids)
+    return image, image_meta, class_ids, bbox, mask
+
+
+# ------------------------------------------------------------------ matterport-style AP
+def trim_zeros(x):
+    """Drop all-zero rows (padding) from a [N, ...] array."""
+    return x[~np.all(x == 0, axis=tuple(range(1, x.ndim)))] if len(x) else x
+
+
+def compute_matches(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids,
+                    pred_scores, pred_masks, iou_threshold=0.5, score_threshold=0.0):
+    """Greedy matching of predictions to ground truth by mask IoU (matterport's rule).
+
+    Returns gt_match [N_gt] (index of matched prediction or -1), pred_match [N_pred]
+    (index of matched GT or -1; predictions sorted by score) and the IoU matrix.
+    """
+    order = np.argsort(pred_scores)[::-1]
+    pred_boxes = pred_boxes[order]
+    pred_class_ids = pred_class_ids[order]
+    pred_scores = pred_scores[order]
+    pred_masks = pred_masks[..., order]
+    overlaps = compute_overlaps_masks(pred_masks, gt_masks)
+    pred_match = -1 * np.ones([pred_boxes.shape[0]], dtype=np.int32)
+    gt_match = -1 * np.ones([gt_boxes.shape[0]], dtype=np.int32)
+    for i in range(len(pred_boxes)):
+        if pred_scores[i] < score_threshold:
+            continue
+        for j in np.argsort(overlaps[i])[::-1]:
+            if gt_match[j] > -1:
+                continue
+            if overlaps[i, j] < iou_threshold:
+                break
+            if pred_class_ids[i] == gt_class_ids[j]:
+                gt_match[j] = i
+                pred_match[i] = j
+                break
+    return gt_match, pred_match, overlaps
+
+
+def compute_ap(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores,
+               pred_masks, iou_threshold=0.5):
+    """Mask AP at one IoU threshold for one image (matterport's VOC-style AP).
+
+    Returns mAP, precisions, recalls, overlaps. An image with no GT and no
+    predictions scores 1.0; GT without predictions scores 0.
+    """
+    gt_match, pred_match, overlaps = compute_matches(
+        gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores,
+        pred_masks, iou_threshold)
+    if len(gt_match) == 0:
+        return (1.0 if len(pred_match) == 0 else 0.0), np.array([]), np.array([]), overlaps
+    precisions = np.cumsum(pred_match > -1) / (np.arange(len(pred_match)) + 1)
+    recalls = np.cumsum(pred_match > -1).astype(np.float32) / len(gt_match)
+    precisions = np.concatenate([[0], precisions, [0]])
+    recalls = np.concatenate([[0], recalls, [1]])
+    for i in range(len(precisions) - 2, -1, -1):
+        precisions[i] = np.maximum(precisions[i], precisions[i + 1])
+    indices = np.where(recalls[:-1] != recalls[1:])[0] + 1
+    m_ap = float(np.sum((recalls[indices] - recalls[indices - 1]) * precisions[indices]))
+    return m_ap, precisions, recalls, overlaps
+
+
+def compute_ap_range(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score,
+                     pred_mask, iou_thresholds=None, verbose=0):
+    """Mean of compute_ap over IoU thresholds (default 0.5:0.95:0.05)."""
+    if iou_thresholds is None:
+        iou_thresholds = np.arange(0.5, 1.0, 0.05)
+    aps = [compute_ap(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score,
+                      pred_mask, iou_threshold=t)[0] for t in iou_thresholds]
+    if verbose:
+        print(f"AP @{iou_thresholds[0]:.2f}-{iou_thresholds[-1]:.2f}:\t {np.mean(aps):.3f}")
+    return float(np.mean(aps))
