@@ -88,6 +88,7 @@ def load_weights(model, path, by_name=True, exclude=None, verbose=0):
 
     layers = named_layers(model)
     report = {"loaded": [], "skipped": [], "missing": [], "unused": []}
+    pending = []  # assign only once every layer has been checked: all or nothing
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -122,9 +123,11 @@ def load_weights(model, path, by_name=True, exclude=None, verbose=0):
                         f"in the model but {tuple(val.shape)} in {os.path.basename(path)}; "
                         f"a different NUM_CLASSES? use exclude=['{name}'] (or "
                         f"exclude=weights.HEADS for all class-specific layers)")
-            for var, val in zip(targets, values):
-                var.assign(val.astype(var.dtype) if hasattr(var, "dtype") else val)
+            pending.append((targets, values))
             report["loaded"].append(name)
+        for targets, values in pending:
+            for var, val in zip(targets, values):
+                var.assign(val.astype(var.dtype))
         report["unused"] = [n for n in file_names if n in root and n not in layers
                             and len(root[n].attrs.get("weight_names", [])) > 0]
     if verbose:

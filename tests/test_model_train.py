@@ -1,0 +1,153 @@
+"""The model really learns: overfit the built-in shapes on CPU (TensorFlow backend), then
+detect, save, reload into an inference model and find the checkpoint again."""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from colabrcnn import Config, MaskRCNN, utils
+from colabrcnn.data import shapes
+from colabrcnn.errors import WeightsError
+
+
+class OverfitConfig(Config):
+    NAME = "shapes"
+    NUM_CLASSES = 1 + 3
+    BACKBONE = "resnet18"
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    IMAGES_PER_GPU = 2
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    TRAIN_ROIS_PER_IMAGE = 32
+    POST_NMS_ROIS_TRAINING = 256
+    POST_NMS_ROIS_INFERENCE = 128
+    PRE_NMS_LIMIT = 1000
+    TOP_DOWN_PYRAMID_SIZE = 64
+    FPN_CLASSIF_FC_LAYERS_SIZE = 128
+    MAX_GT_INSTANCES = 8
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+    STEPS_PER_EPOCH = 20
+    VALIDATION_STEPS = 2
+    TRAIN_BN = True  # from scratch: batch statistics train the backbone
+    MINI_MASK_SHAPE = (28, 28)
+    DETECTION_MIN_CONFIDENCE = 0.5
+    DETECTION_MAX_INSTANCES = 16
+
+
+def mask_ap50(dataset, results):
+    aps = []
+    for image_id, r in zip(dataset.image_ids, results):
+        gt_masks, gt_ids = dataset.load_mask(image_id)
+        ap, *_ = utils.compute_ap(utils.extract_bboxes(gt_masks), gt_ids, gt_masks,
+                                  r["rois"], r["class_ids"], r["scores"], r["masks"])
+        aps.append(ap)
+    return float(np.mean(aps))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model_dir = str(tmp_path_factory.mktemp("logs"))
+    dataset = shapes(8, 128, seed=0)
+    model = MaskRCNN("training", OverfitConfig(), model_dir)
+    history = model.train(dataset, dataset, learning_rate=0.02, epochs=15, layers="all",
+                          seed=0, verbose=0)
+    return model, dataset, history, model_dir
+
+
+@pytest.mark.slow
+def test_overfit_shapes_loss_drops_and_masks_recovered(trained):
+    model, dataset, history, _ = trained
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.3 * losses[0]
+    for name in ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+                 "mrcnn_mask_loss"):
+        assert history.history[name][-1] < history.history[name][0], name
+    assert "val_loss" in history.history
+    results = model.detect([dataset.load_image(i) for i in dataset.image_ids])
+    for image_id, r in zip(dataset.image_ids, results):
+        image = dataset.load_image(image_id)
+        n = len(r["class_ids"])
+        assert r["rois"].shape == (n, 4) and r["scores"].shape == (n,)
+        assert r["masks"].shape == image.shape[:2] + (n,) and r["masks"].dtype == bool
+    assert mask_ap50(dataset, results) >= 0.9
+
+
+@pytest.mark.slow
+def test_checkpoints_reload_into_inference_model_with_same_detections(trained):
+    model, dataset, _, model_dir = trained
+    last = model.find_last()
+    assert os.path.basename(last) == "mask_rcnn_shapes_0015.h5"
+    assert len([f for f in os.listdir(os.path.dirname(last)) if f.endswith(".h5")]) == 15
+    assert os.path.exists(os.path.join(os.path.dirname(last), "log.csv"))
+
+    images = [dataset.load_image(i) for i in dataset.image_ids[:3]]
+    expected = model.detect(images)
+    infer = MaskRCNN("inference", OverfitConfig(), model_dir)
+    report = infer.load_weights(infer.find_last(), by_name=True)
+    assert not report["missing"] and "rpn_model" in report["loaded"]
+    assert infer.epoch == 15
+    got = infer.detect(images)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a["class_ids"], b["class_ids"])
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5)
+        np.testing.assert_array_equal(a["rois"], b["rois"])
+        assert (a["masks"] != b["masks"]).mean() < 1e-3
+
+
+def test_unmold_detections_maps_back_to_a_non_square_original(tmp_path):
+    model = MaskRCNN("inference", OverfitConfig(), str(tmp_path))
+    # A 64x256 original is scaled by 0.5 to 32x128 and padded to 128x128 (rows 48..80).
+    original = np.zeros((64, 256, 3), np.uint8)
+    molded, metas, windows = model.mold_inputs([original])
+    np.testing.assert_array_equal(windows[0], [48, 0, 80, 128])
+    assert molded.shape == (1, 128, 128, 3)
+    det = np.zeros((16, 6), np.float32)
+    # One detection covering molded pixels rows 56..72, cols 32..64 (y2/x2 exclusive).
+    det[0, :4] = utils.norm_boxes(np.array([[56, 32, 72, 64]]), (128, 128))[0]
+    det[0, 4:] = [2, 0.9]
+    masks = np.zeros((16, 28, 28, 4), np.float32)
+    masks[0, :, :14, 2] = 1.0  # left half of the box, for class 2
+    rois, ids, scores, full = model.unmold_detections(det, masks, original.shape,
+                                                      molded[0].shape, windows[0])
+    np.testing.assert_array_equal(ids, [2])
+    np.testing.assert_allclose(scores, [0.9])
+    # matterport's normalized-coordinate convention can be off by one pixel.
+    np.testing.assert_allclose(rois, [[16, 64, 48, 128]], atol=1)
+    assert full.shape == (64, 256, 1)
+    ys, xs = np.where(full[..., 0])
+    assert ys.min() == 16 and ys.max() == 47 and xs.min() == 64 and 93 <= xs.max() <= 97
+
+
+def test_layer_selection_presets_freeze_the_right_layers(tmp_path):
+    model = MaskRCNN("training", OverfitConfig(), str(tmp_path))
+    names = set(model.set_trainable("heads"))
+    assert "mrcnn_mask" in names and "rpn_model" in names and "fpn_p2" in names
+    assert not any(n.startswith(("res", "bn", "conv1")) for n in names)
+    names = set(model.set_trainable("4+"))
+    assert "res4a_branch2a" in names and "res5b_branch2b" in names
+    assert "res3a_branch2a" not in names and "bn_conv1" not in names
+    names = set(model.set_trainable("all"))
+    assert {"conv1", "bn_conv1", "res2a_branch2a", "mrcnn_class_logits"} <= names
+    # Frozen layers really are frozen in the Keras model.
+    model.set_trainable("heads")
+    trainable = {w.path for w in model.keras_model.trainable_weights}
+    assert not any("res2a" in p for p in trainable)
+    assert any("mrcnn_mask_conv1" in p for p in trainable)
+
+
+def test_loading_weights_for_another_class_count(tmp_path):
+    model = MaskRCNN("training", OverfitConfig(), str(tmp_path))
+    path = model.save_weights(str(tmp_path / "w.h5"))
+    other = MaskRCNN("inference", OverfitConfig(NUM_CLASSES=3), str(tmp_path))
+    with pytest.raises(WeightsError, match="NUM_CLASSES"):
+        other.load_weights(path, by_name=True)
+    from colabrcnn import weights
+    report = other.load_weights(path, by_name=True, exclude=weights.HEADS)
+    assert set(report["skipped"]) == {"mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"}
+    a = model.keras_model.get_layer("backbone_fpn").get_layer("res3a_branch2a").get_weights()
+    b = other.keras_model.get_layer("backbone_fpn").get_layer("res3a_branch2a").get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
