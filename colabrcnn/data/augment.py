@@ -1,0 +1,141 @@
+"""Image + instance-mask augmentation with albumentations.
+
+    aug = default_augmentation("medium", seed=0)
+    image, masks, class_ids = apply_augmentation(aug, image, masks, class_ids)
+
+``apply_augmentation`` moves every instance mask with its image (albumentations applies
+geometric transforms to ``masks=`` with nearest-neighbour interpolation and leaves them
+out of colour transforms), then drops instances whose mask vanished (cropped or rotated
+out of the picture) from both the masks and the class ids, so the two stay aligned.
+
+Any albumentations transform or Compose works, as does ``None`` (no augmentation).
+Seeding: albumentations 2 draws from the pipeline's own generator, set by
+``A.Compose(..., seed=s)`` (``default_augmentation(seed=s)``) or
+``pipeline.set_random_seed(s)``; the same seed gives the same sequence of results.
+Data-loading workers that share a pipeline should each call ``set_random_seed`` with a
+different seed, or they repeat each other's augmentations.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from ..errors import AnnotationError
+
+LEVELS = ("none", "light", "medium")
+
+
+def _albumentations():
+    # albumentations asks PyPI for a newer version on import unless told not to: slow on
+    # Colab and useless offline.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    return A
+
+
+def default_augmentation(level="light", seed=None, upright=True):
+    """A ready albumentations pipeline for instance segmentation, or None.
+
+    Args:
+        level: "none" (returns None), "light" (horizontal flips, mild brightness and
+            contrast) or "medium" (plus zoom in/out with shifts and small rotations,
+            colour changes, a little blur or noise).
+        seed: seed of the pipeline's random generator (reproducible augmentation).
+        upright: True for photos, which have an up direction. False (microscopy, aerial
+            or top-down images, coins on a table) adds vertical flips and 90-degree
+            rotations.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if level == "none":
+        return None
+    A = _albumentations()
+    t = [A.HorizontalFlip(p=0.5)]
+    if not upright:
+        t += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if level == "light":
+        t += [A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.3)]
+    else:
+        t += [
+            # Zooming in crops, zooming out shrinks objects: scale coverage both ways.
+            A.Affine(scale=(0.8, 1.25), translate_percent=(-0.1, 0.1), rotate=(-10, 10),
+                     keep_ratio=True, fill=0, fill_mask=0, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10,
+                                 p=0.3),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)),
+                     A.GaussNoise(std_range=(0.02, 0.06))], p=0.2),
+        ]
+    return A.Compose(t, seed=seed)
+
+
+def apply_augmentation(aug, image, masks, class_ids, min_area=1):
+    """Augment an image and its instance masks together.
+
+    Args:
+        aug: an albumentations transform/Compose (anything called as
+            ``aug(image=..., masks=[...])`` returning a dict), or None.
+        image: H x W x C uint8 image.
+        masks: H x W x N bool instance masks (matterport layout).
+        class_ids: N class ids.
+        min_area: instances with fewer mask pixels than this afterwards are dropped.
+
+    Returns:
+        (image, masks H' x W' x M bool, class_ids M int32) with M <= N.
+    """
+    image = np.asarray(image)
+    masks = np.asarray(masks)
+    ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+    if masks.ndim != 3 or masks.shape[:2] != image.shape[:2] or masks.shape[-1] != len(ids):
+        raise AnnotationError(f"masks must be H x W x N matching the image {image.shape[:2]} "
+                              f"and {len(ids)} class ids; got masks of shape {masks.shape}")
+    if aug is None:
+        return image, masks.astype(bool), ids
+    if not callable(aug):
+        raise TypeError(f"augmentation must be an albumentations transform or None, got "
+                        f"{type(aug).__name__}")
+    n = masks.shape[-1]
+    if n == 0:
+        out = _call(aug, image=image)
+        img = out["image"]
+        return img, np.zeros(img.shape[:2] + (0,), dtype=bool), ids
+    out = _call(aug, image=image, masks=[np.ascontiguousarray(masks[..., k], dtype=np.uint8)
+                                         for k in range(n)])
+    img = out["image"]
+    new = np.stack([np.asarray(m) > 0 for m in out["masks"]], axis=-1)
+    if new.shape[:2] != img.shape[:2]:
+        raise AnnotationError(f"the augmentation returned masks of size {new.shape[:2]} for "
+                              f"an image of size {img.shape[:2]}")
+    keep = new.reshape(-1, n).sum(axis=0) >= min_area
+    return img, new[..., keep], ids[keep]
+
+
+def augmentation_callable(aug, min_area=1):
+    """``callable(image, masks, class_ids)`` applying ``aug`` (None passes through).
+
+    The form the training loader takes (``colabrcnn.utils.load_image_gt``); a
+    ``functools.partial``, so it pickles to data-loading worker processes with its
+    pipeline.
+    """
+    return functools.partial(_apply_positional, aug, min_area)
+
+
+def _apply_positional(aug, min_area, image, masks, class_ids):
+    return apply_augmentation(aug, image, masks, class_ids, min_area=min_area)
+
+
+def _call(aug, **data):
+    try:
+        out = aug(**data)
+    except TypeError as e:
+        if "image" in str(e) or "keyword" in str(e):
+            raise TypeError("augmentation must take keyword arguments image= and masks= as "
+                            "albumentations transforms do (imgaug augmenters are not "
+                            f"supported; use albumentations): {e}") from None
+        raise
+    if not isinstance(out, dict) or "image" not in out:
+        raise TypeError("augmentation must return a dict with 'image' (and 'masks'), as "
+                        "albumentations transforms do")
+    return out

@@ -1,0 +1,183 @@
+"""Write a dataset as COCO JSON, for tools that expect COCO (and COCO-style evaluation).
+
+    from colabrcnn.data.formats import load
+    from colabrcnn.data.convert import to_coco
+    to_coco(load("balloon/train"), "balloon/train/instances.json")
+
+Polygons (and circles, ellipses and rectangles, already polygons in the records) stay
+polygons, RLE stays RLE, mask images become compressed RLE. ``file_name`` is written
+relative to the JSON's folder, so ``load_coco(out_json)`` and ``pycocotools.COCO`` find
+the images without further arguments; images embedded in LabelMe files are written to
+``<json folder>/images/`` first.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import AnnotationError
+from .formats.common import instance_mask
+
+
+def _image_file(dataset, image_id, info, out_dir):
+    """Path of the image on disk, writing embedded image bytes out when needed."""
+    if info.get("image_bytes") is None:
+        return info.get("path")
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(info["image_bytes"])) as im:
+            ext = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif",
+                   "GIF": ".gif", "WEBP": ".webp"}.get(im.format, ".png")
+    except Exception:
+        raise AnnotationError("embedded image data cannot be read", file=info.get("file"),
+                              image=info.get("name")) from None
+    folder = os.path.join(out_dir, "images")
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(str(info.get("name") or image_id)))[0] or \
+        f"image_{image_id}"
+    path = os.path.join(folder, stem + ext)
+    k = 1
+    while os.path.exists(path) and open(path, "rb").read() != info["image_bytes"]:
+        path = os.path.join(folder, f"{stem}_{k}{ext}")
+        k += 1
+    with open(path, "wb") as f:
+        f.write(info["image_bytes"])
+    return path
+
+
+def _bbox(mask):
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1)]
+
+
+def _mask_rle(mask):
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _segmentation(inst, mask):
+    """COCO segmentation for one instance record: polygons if it is only polygons."""
+    if inst.get("polygons") and inst.get("rle") is None and inst.get("bitmap") is None:
+        # Full float precision: the same numbers give the same pixels when read back.
+        return [[float(v) for v in p.ravel()] for p in inst["polygons"] if len(p) >= 3]
+    if inst.get("rle") is not None and not inst.get("polygons") and inst.get("bitmap") is None:
+        return {"size": list(inst["rle"]["size"]), "counts": inst["rle"]["counts"]}
+    return _mask_rle(mask)
+
+
+def dataset_to_coco(dataset, out_dir=".", include_crowd=True):
+    """The COCO dict for a prepared dataset (``to_coco`` writes it)."""
+    out_dir = os.path.abspath(out_dir)
+    names = list(getattr(dataset, "class_names", None) or [c["name"] for c in dataset.class_info])
+    coco = {"info": {"description": "written by colabrcnn.data.convert.to_coco"},
+            "licenses": [], "images": [], "annotations": [],
+            "categories": [{"id": i, "name": n, "supercategory": ""}
+                           for i, n in enumerate(names) if i > 0]}
+    ann_id = 1
+    for image_id in range(len(dataset.image_info)):
+        info = dataset.image_info[image_id]
+        path = _image_file(dataset, image_id, info, out_dir)
+        if hasattr(dataset, "image_size"):
+            h, w = dataset.image_size(image_id)
+        else:
+            h, w = int(info["height"]), int(info["width"])
+        file_name = os.path.relpath(os.path.abspath(path), out_dir).replace(os.sep, "/") \
+            if path else str(info.get("name"))
+        coco["images"].append({"id": image_id + 1, "file_name": file_name,
+                               "width": int(w), "height": int(h)})
+        if "instances" in info:
+            items = [(inst, 0) for inst in info["instances"]]
+            if include_crowd:
+                items += [(inst, 1) for inst in info.get("crowd", [])]
+            for inst, crowd in items:
+                mask = instance_mask(inst, h, w, file=info.get("file"), image=info.get("name"),
+                                     field=inst.get("region"))
+                if not mask.any():
+                    continue  # covers no pixel: validate() reports it; COCO needs area > 0
+                seg = _segmentation(inst, mask)
+                if crowd and isinstance(seg, list):  # COCO crowd regions are RLE
+                    seg = _mask_rle(mask)
+                coco["annotations"].append({
+                    "id": ann_id, "image_id": image_id + 1,
+                    "category_id": int(inst["class_id"]), "segmentation": seg,
+                    "area": float(mask.sum()), "bbox": _bbox(mask), "iscrowd": crowd})
+                ann_id += 1
+        else:  # a Dataset subclass: masks from load_mask, as RLE
+            masks, ids = dataset.load_mask(image_id)
+            for k, cid in enumerate(np.asarray(ids).reshape(-1)):
+                m = masks[..., k]
+                if not m.any():
+                    continue
+                coco["annotations"].append({
+                    "id": ann_id, "image_id": image_id + 1, "category_id": int(cid),
+                    "segmentation": _mask_rle(m),
+                    "area": float(m.sum()), "bbox": _bbox(m), "iscrowd": 0})
+                ann_id += 1
+    return coco
+
+
+def to_coco(dataset, out_json, include_crowd=True):
+    """Write ``dataset`` as a COCO instances JSON at ``out_json``; return the path.
+
+    Category ids are the dataset's class ids (1..n) with their names. Shapes that cover
+    no pixel are not written (``validate`` lists them). The file is written atomically.
+    """
+    out_json = os.fspath(out_json)
+    out_dir = os.path.dirname(os.path.abspath(out_json))
+    os.makedirs(out_dir, exist_ok=True)
+    coco = dataset_to_coco(dataset, out_dir, include_crowd=include_crowd)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(coco, f)
+        os.replace(tmp, out_json)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return out_json
+
+
+# ----------------------------------------------------------------------------- command line
+FORMATS = ("coco",)
+
+
+def add_cli_arguments(parser):
+    """Arguments of ``colabrcnn convert PATH --to coco OUT.json``."""
+    from .validate import add_loader_arguments
+    parser.add_argument("path", metavar="PATH",
+                        help="annotation file or folder (any format colabrcnn reads)")
+    parser.add_argument("out", metavar="OUT", help="file to write, e.g. instances.json")
+    parser.add_argument("--to", choices=FORMATS, default="coco",
+                        help="output format (default coco)")
+    add_loader_arguments(parser)
+
+
+def run_cli(args):
+    """``colabrcnn convert``: write the file, say what was written and what was lost."""
+    import warnings
+
+    from .formats import load
+    from .validate import loader_kwargs, validate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = load(args.path, **loader_kwargs(args))
+        report = validate(ds, check_images=False)
+        out = to_coco(ds, args.out)
+    with open(out, encoding="utf-8") as f:
+        doc = json.load(f)
+    print(f"wrote {out}: {len(doc['images'])} images, {len(doc['annotations'])} annotations, "
+          f"{len(doc['categories'])} categories ({ds.format} -> COCO)")
+    if report.errors:
+        print(f"{len(report.errors)} annotation problem(s) could not be converted; run "
+              f"'colabrcnn validate {args.path}' for the list")
+        return 1
+    return 0
