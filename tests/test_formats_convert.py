@@ -136,13 +136,13 @@ def test_sample_dataset_round_trip(tmp_path):
 def test_command_line_functions(tmp_path, capsys):
     import argparse
 
-    from colabrcnn.data import convert
+    from colabrcnn.data.convert import add_cli_arguments, run_cli
     via_dataset(tmp_path)
     parser = argparse.ArgumentParser()
-    convert.add_cli_arguments(parser)
+    add_cli_arguments(parser)
     args = parser.parse_args([str(tmp_path / "via.json"), "--to", "coco",
                               str(tmp_path / "o.json")])
-    assert convert.run_cli(args) == 0
+    assert run_cli(args) == 0
     assert "2 images, 4 annotations, 2 categories" in capsys.readouterr().out
     same_masks(quiet(load_via, str(tmp_path / "via.json")),
                quiet(load_coco, str(tmp_path / "o.json")))

@@ -256,13 +256,15 @@ def test_any_dataset_subclass(tmp_path):
 def test_command_line_functions(tmp_path, capsys, messy):
     import argparse
 
-    from colabrcnn.data import validate as v
+    # from-imports: colabrcnn.data may export the validate() function under the same
+    # name as this module
+    from colabrcnn.data.validate import add_cli_arguments, run_cli
     parser = argparse.ArgumentParser()
-    v.add_cli_arguments(parser)
-    status = v.run_cli(parser.parse_args([str(tmp_path / "via.json"), "--max-issues", "3"]))
+    add_cli_arguments(parser)
+    status = run_cli(parser.parse_args([str(tmp_path / "via.json"), "--max-issues", "3"]))
     out = capsys.readouterr().out
     assert status == 1 and "outside_image" in out and "--max-issues" in out
-    v.run_cli(parser.parse_args([str(tmp_path / "via.json")]))
+    run_cli(parser.parse_args([str(tmp_path / "via.json")]))
     assert "regions[2]" in capsys.readouterr().out
     image(tmp_path / "ok.png")
     clean = tmp_path / "clean"
@@ -270,5 +272,5 @@ def test_command_line_functions(tmp_path, capsys, messy):
     image(clean / "a.png")
     via_file(clean, [("a.png", [rect(1, 1, 5, 5)])])
     args = parser.parse_args([str(clean), "--classes", "box,cat", "--class-attribute", "class"])
-    assert v.run_cli(args) == 0
+    assert run_cli(args) == 0
     assert "expected class 'cat' does not occur" in capsys.readouterr().out
