@@ -41,9 +41,54 @@ def _doctor_run(args):
     return 1 if (args.strict and report.problems) else 0
 
 
+# -------------------------------------------------------------------- demo
+def _demo_arguments(parser):
+    parser.add_argument("--out", default="runs/demo",
+                        help="folder for the run (checkpoints, log, pictures)")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="epochs of 20 steps (default 20: a few minutes on a CPU)")
+    parser.add_argument("--train-images", type=int, default=32)
+    parser.add_argument("--val-images", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _demo_run(args):
+    from .demo import run_demo
+    metrics = run_demo(out_dir=args.out, epochs=args.epochs, train_images=args.train_images,
+                       val_images=args.val_images, seed=args.seed)
+    return 0 if metrics["mask_AP50"] > 0 else 1
+
+
+# ------------------------------------------------------------ annotations
+def _validate_arguments(parser):
+    from .data.validate import add_cli_arguments
+    add_cli_arguments(parser)
+
+
+def _validate_run(args):
+    from .data.validate import run_cli
+    return run_cli(args)
+
+
+def _convert_arguments(parser):
+    from .data.convert import add_cli_arguments
+    add_cli_arguments(parser)
+
+
+def _convert_run(args):
+    from .data.convert import run_cli
+    return run_cli(args)
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "doctor": Subcommand("check Python, Keras, backend and GPU, and say what to fix",
                          _doctor_arguments, _doctor_run),
+    "demo": Subcommand("train a small model on synthetic shapes, then detect and save "
+                       "pictures", _demo_arguments, _demo_run),
+    "validate": Subcommand("check annotations and images; list every problem",
+                           _validate_arguments, _validate_run),
+    "convert": Subcommand("convert annotations (to COCO JSON)", _convert_arguments,
+                          _convert_run),
 }
 
 

@@ -6,33 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from colabrcnn import Config, MaskRCNN, utils
+from colabrcnn import MaskRCNN, utils
+from colabrcnn.demo import ShapesConfig
 from colabrcnn.data import shapes
 from colabrcnn.errors import WeightsError
 
 
-class OverfitConfig(Config):
-    NAME = "shapes"
-    NUM_CLASSES = 1 + 3
-    BACKBONE = "resnet18"
-    IMAGE_MIN_DIM = 128
-    IMAGE_MAX_DIM = 128
-    IMAGES_PER_GPU = 2
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TRAIN_ROIS_PER_IMAGE = 32
-    POST_NMS_ROIS_TRAINING = 256
-    POST_NMS_ROIS_INFERENCE = 128
-    PRE_NMS_LIMIT = 1000
-    TOP_DOWN_PYRAMID_SIZE = 64
-    FPN_CLASSIF_FC_LAYERS_SIZE = 128
-    MAX_GT_INSTANCES = 8
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
-    STEPS_PER_EPOCH = 20
+class OverfitConfig(ShapesConfig):
+    """The demo's small model; the overfit test trains and scores on the same images."""
     VALIDATION_STEPS = 2
-    TRAIN_BN = True  # from scratch: batch statistics train the backbone
-    MINI_MASK_SHAPE = (28, 28)
-    DETECTION_MIN_CONFIDENCE = 0.5
-    DETECTION_MAX_INSTANCES = 16
 
 
 def mask_ap50(dataset, results):
