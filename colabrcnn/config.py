@@ -136,6 +136,32 @@ class Config:
     # Gradient norm clipping.
     GRADIENT_CLIP_NORM = 5.0
 
+    # ---- Additions to matterport's settings (safe defaults) ----
+    # Memory levers. Each trades something for GPU memory; colabrcnn.fit_to_gpu picks
+    # them for you and explains the choice.
+    # float16 compute with loss scaling: about half the activation memory and faster on
+    # GPUs with tensor cores (T4, V100, A100, L4); "auto" turns it on there only.
+    MIXED_PRECISION = "auto"
+    # Accumulate gradients over k steps before an update: keeps the effective batch
+    # (IMAGES_PER_GPU * k) when IMAGES_PER_GPU must shrink. Costs time, not memory.
+    GRADIENT_ACCUMULATION_STEPS = 1
+    # Recompute backbone activations in the backward pass instead of storing them:
+    # less memory, about 20-30% more time.
+    REMAT = False
+
+    # Disconnect-proof checkpoints: every epoch and every N minutes (None: epochs only);
+    # keep the newest K (plus the best by validation loss).
+    CHECKPOINT_EVERY_MINUTES = 10
+    CHECKPOINT_KEEP = 3
+
+    # Learning-rate schedule: "constant" (matterport), "step" (x LR_STEP_FACTOR at each
+    # epoch in LR_STEP_EPOCHS) or "cosine" (to 0 at the last epoch of the train() call);
+    # with a linear warm-up over LR_WARMUP_STEPS steps.
+    LR_SCHEDULE = "constant"
+    LR_WARMUP_STEPS = 0
+    LR_STEP_EPOCHS = []
+    LR_STEP_FACTOR = 0.1
+
     def __init__(self, **overrides):
         for key, value in overrides.items():
             if not key.isupper() or not hasattr(type(self), key):
@@ -247,6 +273,20 @@ class Config:
         need(self.LEARNING_RATE > 0, f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE}.")
         need(self.GRADIENT_CLIP_NORM is None or self.GRADIENT_CLIP_NORM > 0,
              f"GRADIENT_CLIP_NORM must be > 0 or None, got {self.GRADIENT_CLIP_NORM}.")
+
+        need(self.MIXED_PRECISION in (True, False, "auto", "mixed_float16",
+                                      "mixed_bfloat16"),
+             f"MIXED_PRECISION must be True, False, 'auto', 'mixed_float16' or "
+             f"'mixed_bfloat16', got {self.MIXED_PRECISION!r}.")
+        positive_int("GRADIENT_ACCUMULATION_STEPS")
+        need(self.CHECKPOINT_EVERY_MINUTES is None or self.CHECKPOINT_EVERY_MINUTES > 0,
+             f"CHECKPOINT_EVERY_MINUTES must be > 0 or None, got "
+             f"{self.CHECKPOINT_EVERY_MINUTES}.")
+        positive_int("CHECKPOINT_KEEP")
+        need(self.LR_SCHEDULE in ("constant", "step", "cosine"),
+             f"LR_SCHEDULE must be 'constant', 'step' or 'cosine', got {self.LR_SCHEDULE!r}.")
+        need(isinstance(self.LR_WARMUP_STEPS, (int, np.integer)) and self.LR_WARMUP_STEPS >= 0,
+             f"LR_WARMUP_STEPS must be an integer >= 0, got {self.LR_WARMUP_STEPS!r}.")
 
     # ------------------------------------------------------------- helpers
     @classmethod
