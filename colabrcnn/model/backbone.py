@@ -8,6 +8,7 @@ import keras
 from keras import layers
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class BatchNorm(layers.BatchNormalization):
     """BatchNormalization that stays in inference mode unless ``train_bn``.
 

@@ -6,6 +6,7 @@ from . import ops as cops
 from .boxes import apply_box_deltas, clip_to_window
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class DetectionLayer(keras.layers.Layer):
     """Inputs: rois [B, R, 4] normalized, mrcnn_class probs [B, R, NC],
     mrcnn_bbox [B, R, NC, 4], window [B, 4] normalized (where the real image sits).

@@ -11,6 +11,7 @@ from keras import layers
 from .backbone import BatchNorm
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class _FoldROIs(layers.Layer):
     """[B, R, h, w, C] -> [B*R, h, w, C]."""
 
@@ -21,6 +22,7 @@ class _FoldROIs(layers.Layer):
         return (None,) + tuple(s[2:])
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class _UnfoldROIs(layers.Layer):
     """[B*R, ...] -> [B, R, ...] with R static."""
 

@@ -17,6 +17,7 @@ def smooth_l1(diff):
     return ops.where(a < 1.0, 0.5 * a * a, a - 0.5)
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class RPNClassLoss(keras.layers.Layer):
     """rpn_match [B, A, 1] (1 / -1 / 0 neutral), rpn_class_logits [B, A, 2]."""
 
@@ -28,6 +29,7 @@ class RPNClassLoss(keras.layers.Layer):
         return _masked_mean(ce, match != 0)
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class RPNBBoxLoss(keras.layers.Layer):
     """target_bbox [B, K, 4] packed in order of the positive anchors in rpn_match
     [B, A, 1]; rpn_bbox [B, A, 4] predicted deltas."""
@@ -46,6 +48,7 @@ class RPNBBoxLoss(keras.layers.Layer):
         return _masked_mean(loss, valid)
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class MRCNNClassLoss(keras.layers.Layer):
     """target_class_ids [B, T], class logits [B, T, NC], roi_valid [B, T],
     active_class_ids [B, NC] (classes present in the image's source dataset)."""
@@ -61,6 +64,7 @@ class MRCNNClassLoss(keras.layers.Layer):
         return _masked_mean(ce, ops.cast(roi_valid, "float32") * active)
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class MRCNNBBoxLoss(keras.layers.Layer):
     """target_deltas [B, T, 4], target_class_ids [B, T], pred deltas [B, T, NC, 4]."""
 
@@ -73,6 +77,7 @@ class MRCNNBBoxLoss(keras.layers.Layer):
         return _masked_mean(loss, positive)
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class MRCNNMaskLoss(keras.layers.Layer):
     """target_masks [B, T, h, w], target_class_ids [B, T], mask logits [B, T, h, w, NC]."""
 

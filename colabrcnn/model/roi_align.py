@@ -25,6 +25,7 @@ def roi_levels(boxes, image_shape):
     return ops.cast(ops.clip(level, 2.0, 5.0), "int32")
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class PyramidROIAlign(keras.layers.Layer):
     """[B, R, 4] normalized boxes + [P2, P3, P4, P5] -> [B, R, ph, pw, C]."""
 

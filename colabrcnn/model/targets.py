@@ -12,6 +12,7 @@ from . import ops as cops
 from .boxes import box_refinement, overlaps
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class DetectionTargetLayer(keras.layers.Layer):
     """Inputs:
         proposals [B, P, 4] normalized (zero rows = padding)
