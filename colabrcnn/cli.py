@@ -80,6 +80,17 @@ def _convert_run(args):
     return run_cli(args)
 
 
+# ---------------------------------------------------------------- weights
+def _fetch_weights_arguments(parser):
+    from .weights import add_cli_arguments
+    add_cli_arguments(parser)
+
+
+def _fetch_weights_run(args):
+    from .weights import run_cli
+    return run_cli(args)
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "doctor": Subcommand("check Python, Keras, backend and GPU, and say what to fix",
                          _doctor_arguments, _doctor_run),
@@ -89,6 +100,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                            _validate_arguments, _validate_run),
     "convert": Subcommand("convert annotations (to COCO JSON)", _convert_arguments,
                           _convert_run),
+    "fetch-weights": Subcommand("download, verify and cache pretrained weights (coco, "
+                                "imagenet-resnet50, keras-resnet50/101)",
+                                _fetch_weights_arguments, _fetch_weights_run),
 }
 
 

@@ -278,7 +278,7 @@ class MaskRCNN:
         from .. import weights
         return weights.save_weights(self.keras_model, path)
 
-    def load_weights(self, filepath, by_name=False, exclude=None, verbose=0):
+    def load_weights(self, filepath, by_name=False, exclude=None, verbose=0, **kwargs):
         """Load weights by layer name from an HDF5 file (ours or matterport's).
 
         exclude: layer names or regexes to skip, e.g. ``weights.HEADS`` when NUM_CLASSES
@@ -286,11 +286,17 @@ class MaskRCNN:
         """
         from .. import weights
         report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
-                                      exclude=exclude, verbose=verbose)
+                                      exclude=exclude, verbose=verbose, **kwargs)
         if not report["loaded"]:
             raise WeightsError(f"no layer of this model was found in {filepath}")
         self.set_log_dir(filepath)
         return report
+
+    def get_imagenet_weights(self, cache_dir=None):
+        """Path of ImageNet weights for this BACKBONE, downloaded and cached
+        (matterport's method; see colabrcnn.weights.fetch)."""
+        from .. import weights
+        return weights.fetch(weights.imagenet_for(self.config.BACKBONE), cache_dir=cache_dir)
 
     def find_last(self):
         """Path of the newest checkpoint of the newest run of this config's NAME."""
