@@ -22,6 +22,11 @@ _LAZY = {
     "weights": ("colabrcnn.weights", None),
     "visualize": ("colabrcnn.visualize", None),
     "evaluate": ("colabrcnn.evaluate", None),
+    "predict": ("colabrcnn.predict", None),
+    "export": ("colabrcnn.export", None),
+    "train": ("colabrcnn.train", None),
+    "memory": ("colabrcnn.memory", None),
+    "demo": ("colabrcnn.demo", None),
 }
 
 

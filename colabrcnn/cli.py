@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import __version__
+from . import cli_results
 from .errors import ColabRCNNError
 
 
@@ -45,9 +46,9 @@ def _doctor_run(args):
 def _demo_arguments(parser):
     parser.add_argument("--out", default="runs/demo",
                         help="folder for the run (checkpoints, log, pictures)")
-    parser.add_argument("--epochs", type=int, default=20,
-                        help="epochs of 20 steps (default 20: a few minutes on a CPU)")
-    parser.add_argument("--train-images", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=40,
+                        help="epochs of 20 steps (default 40: about five minutes on a CPU)")
+    parser.add_argument("--train-images", type=int, default=500)
     parser.add_argument("--val-images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -103,6 +104,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "fetch-weights": Subcommand("download, verify and cache pretrained weights (coco, "
                                 "imagenet-resnet50, keras-resnet50/101)",
                                 _fetch_weights_arguments, _fetch_weights_run),
+    "evaluate": Subcommand("COCO metrics, per-class AP chart and an HTML error browser "
+                           "for a model on annotated images", cli_results.evaluate_arguments,
+                           cli_results.evaluate_run),
+    "predict": Subcommand("detect on a folder of images (overlays, mask PNGs, COCO JSON) "
+                          "or a video", cli_results.predict_arguments,
+                          cli_results.predict_run),
 }
 
 

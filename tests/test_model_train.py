@@ -62,7 +62,11 @@ def test_checkpoints_reload_into_inference_model_with_same_detections(trained):
     model, dataset, _, model_dir = trained
     last = model.find_last()
     assert os.path.basename(last) == "mask_rcnn_shapes_0015.h5"
-    assert len([f for f in os.listdir(os.path.dirname(last)) if f.endswith(".h5")]) == 15
+    kept = sorted(f for f in os.listdir(os.path.dirname(last)) if f.endswith(".h5"))
+    # The newest CHECKPOINT_KEEP epochs and the best by validation loss.
+    assert kept[:3] == ["mask_rcnn_shapes_0013.h5", "mask_rcnn_shapes_0014.h5",
+                        "mask_rcnn_shapes_0015.h5"]
+    assert kept[3:] == ["mask_rcnn_shapes_best.h5"]
     assert os.path.exists(os.path.join(os.path.dirname(last), "log.csv"))
 
     images = [dataset.load_image(i) for i in dataset.image_ids[:3]]

@@ -11,8 +11,9 @@ also ``detect`` without a round trip through a file.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
-import glob
+import importlib.util
 import os
 import re
 
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from .. import train as train_lib
 from .. import utils
 from ..config import LOSS_NAMES
 from ..errors import ConfigError, WeightsError
@@ -31,17 +33,11 @@ from .proposals import ProposalLayer
 from .roi_align import PyramidROIAlign
 from .targets import DetectionTargetLayer
 
-# matterport's layer-selection presets (regular expressions over layer names).
-LAYER_REGEX = {
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "all": ".*",
-}
+LAYER_REGEX = train_lib.LAYER_REGEX  # matterport's presets, kept importable here
 
 
 # ------------------------------------------------------------------ small graph layers
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class NormBoxes(layers.Layer):
     """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape."""
 
@@ -62,12 +58,16 @@ class NormBoxes(layers.Layer):
         return {**super().get_config(), "image_shape": self.image_shape}
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class MetaWindow(layers.Layer):
     """image_meta [B, META] -> normalized window [B, 4] (where the real image sits)."""
 
     def __init__(self, image_shape, **kwargs):
         super().__init__(**kwargs)
         self.norm = NormBoxes(image_shape)
+
+    def build(self, input_shape):
+        self.norm.build((input_shape[0], 4))  # no weights; marks the sub-layer built
 
     def call(self, meta):
         return self.norm(ops.cast(meta[:, 7:11], "float32"))
@@ -79,6 +79,7 @@ class MetaWindow(layers.Layer):
         return {**super().get_config(), "image_shape": self.norm.image_shape}
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class ActiveClassIds(layers.Layer):
     """image_meta [B, META] -> active_class_ids [B, NUM_CLASSES]."""
 
@@ -89,6 +90,7 @@ class ActiveClassIds(layers.Layer):
         return (s[0], s[1] - 12)
 
 
+@keras.saving.register_keras_serializable(package="colabrcnn")
 class DetectionBoxes(layers.Layer):
     """detections [B, N, 6] -> boxes [B, N, 4]."""
 
@@ -149,13 +151,23 @@ class MaskRCNN:
         self.mode = mode
         self.config = config
         self.model_dir = model_dir
+        self.run_name = (config.NAME or "model").lower()
         self.epoch = 0
+        self._optimizer_state = None  # checkpoint whose optimizer state train() restores
         self.log_dir = None
         self.checkpoint_path = None
         self.set_log_dir()
-        self._build_layers()
+        self._build()
+
+    def _build(self):
+        """(Re)build layers and this mode's graph from self.config."""
+        from .. import memory
+        # Mixed precision: layers take the dtype policy in force when they are created.
+        self.dtype_policy = memory.mixed_precision_policy(self.config)
+        with _dtype_policy(self.dtype_policy):
+            self._build_layers()
         self._graphs = {}
-        self.keras_model = self._graph(mode)
+        self.keras_model = self._graph(self.mode)
 
     # ------------------------------------------------------------------- building
     def _image_shape(self, mode):
@@ -168,11 +180,14 @@ class MaskRCNN:
         """Create every weight-owning part once."""
         c = self.config
         inp = keras.Input(shape=(None, None, c.IMAGE_CHANNEL_COUNT), name="input_image")
-        if callable(c.BACKBONE):
-            _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
-        else:
-            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN)
-        pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
+        # REMAT: backbone layers recompute their activations in the backward pass
+        # (Keras' RematScope; the Model itself is built outside the scope).
+        with (keras.RematScope(mode="full") if c.REMAT else _nullcontext()):
+            if callable(c.BACKBONE):
+                _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
+            else:
+                _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN)
+            pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
         self.backbone = keras.Model(inp, pyramid, name="backbone_fpn")
         self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
                                    c.TOP_DOWN_PYRAMID_SIZE)
@@ -191,9 +206,22 @@ class MaskRCNN:
     def _anchors(self, image_shape):
         return utils.norm_boxes(utils.get_anchors(self.config, image_shape), image_shape)
 
+    def _anchor_params(self, image_shape):
+        """What ProposalLayer needs to regenerate ``_anchors`` (saved with exports)."""
+        c = self.config
+        return {"scales": list(c.RPN_ANCHOR_SCALES), "ratios": list(c.RPN_ANCHOR_RATIOS),
+                "feature_shapes": utils.compute_backbone_shapes(c, image_shape).tolist(),
+                "feature_strides": list(c.BACKBONE_STRIDES),
+                "anchor_stride": c.RPN_ANCHOR_STRIDE, "image_shape": list(image_shape[:2])}
+
     def _graph(self, mode):
-        if mode in self._graphs:
-            return self._graphs[mode]
+        if mode not in self._graphs:
+            with _dtype_policy(self.dtype_policy):
+                self._graphs[mode] = self._wire(mode)
+        return self._graphs[mode]
+
+    def _wire(self, mode):
+        """Build the training or inference keras Model from the shared layers."""
         c = self.config
         shape = self._image_shape(mode)
         image_shape = tuple(int(v) for v in shape)
@@ -220,29 +248,31 @@ class MaskRCNN:
             mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
             input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
                                          name="input_gt_masks")
-            gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes")(input_gt_boxes)
+            gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes", dtype="float32")(
+                input_gt_boxes)
             rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD,
                                      c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                     name="ROI")(rpn_probs, rpn_bbox)
+                                     anchor_params=self._anchor_params(image_shape),
+                                     name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
             rois, target_class_ids, target_deltas, target_masks, roi_valid = \
                 DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
                                      c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
-                                     name="proposal_targets")(
+                                     name="proposal_targets", dtype="float32")(
                     rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
             t = c.TRAIN_ROIS_PER_IMAGE
             class_logits, _, deltas = self.classifier(roi_align(rois, p2, p3, p4, p5), t)
             mask_logits = self.mask_head(mask_align(rois, p2, p3, p4, p5), t)
-            active = ActiveClassIds(name="active_class_ids")(input_meta)
+            active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
             losses = {
-                "rpn_class_loss": RPNClassLoss(name="rpn_class_loss")(input_rpn_match,
+                "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(input_rpn_match,
                                                                       rpn_logits),
-                "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss")(input_rpn_bbox,
+                "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss", dtype="float32")(input_rpn_bbox,
                                                                    input_rpn_match, rpn_bbox),
-                "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss")(
+                "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss", dtype="float32")(
                     target_class_ids, class_logits, roi_valid, active),
-                "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss")(
+                "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss", dtype="float32")(
                     target_deltas, target_class_ids, deltas),
-                "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss")(
+                "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss", dtype="float32")(
                     target_masks, target_class_ids, mask_logits),
             }
             inputs = [input_image, input_meta, input_rpn_match, input_rpn_bbox,
@@ -252,14 +282,15 @@ class MaskRCNN:
         else:
             rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD,
                                      c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                     name="ROI")(rpn_probs, rpn_bbox)
+                                     anchor_params=self._anchor_params(image_shape),
+                                     name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
             r = c.POST_NMS_ROIS_INFERENCE
             _, probs, deltas = self.classifier(roi_align(rpn_rois, p2, p3, p4, p5), r)
-            window = MetaWindow(image_shape, name="window")(input_meta)
+            window = MetaWindow(image_shape, name="window", dtype="float32")(input_meta)
             detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
                                         c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
-                                        name="mrcnn_detection")(rpn_rois, probs, deltas, window)
-            det_boxes = DetectionBoxes(name="detection_boxes")(detections)
+                                        name="mrcnn_detection", dtype="float32")(rpn_rois, probs, deltas, window)
+            det_boxes = DetectionBoxes(name="detection_boxes", dtype="float32")(detections)
             mask_logits = self.mask_head(mask_align(det_boxes, p2, p3, p4, p5),
                                          c.DETECTION_MAX_INSTANCES)
             masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
@@ -270,7 +301,6 @@ class MaskRCNN:
                  "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
                  "rpn_bbox": rpn_bbox},
                 name="mask_rcnn_inference")
-        self._graphs[mode] = model
         return model
 
     # ------------------------------------------------------------------- weights
@@ -282,7 +312,8 @@ class MaskRCNN:
         """Load weights by layer name from an HDF5 file (ours or matterport's).
 
         exclude: layer names or regexes to skip, e.g. ``weights.HEADS`` when NUM_CLASSES
-        differs from the file's. Also sets the epoch counter from a checkpoint name.
+        differs from the file's. A checkpoint of ours also sets the epoch counter and
+        the run folder, so that training continues there.
         """
         from .. import weights
         report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
@@ -290,6 +321,9 @@ class MaskRCNN:
         if not report["loaded"]:
             raise WeightsError(f"no layer of this model was found in {filepath}")
         self.set_log_dir(filepath)
+        # A checkpoint of ours also carries the optimizer: restored at the next train().
+        state = train_lib.read_state(filepath)
+        self._optimizer_state = filepath if state and state.get("has_optimizer") else None
         return report
 
     def get_imagenet_weights(self, cache_dir=None):
@@ -300,80 +334,140 @@ class MaskRCNN:
 
     def find_last(self):
         """Path of the newest checkpoint of the newest run of this config's NAME."""
-        name = (self.config.NAME or "model").lower()
-        runs = sorted(d for d in glob.glob(os.path.join(self.model_dir, name + "*"))
-                      if os.path.isdir(d))
-        for run in reversed(runs):
-            ckpts = sorted(glob.glob(os.path.join(run, "mask_rcnn_*.h5")))
-            if ckpts:
-                return ckpts[-1]
-        raise FileNotFoundError(
-            f"no checkpoint of '{name}' under {os.path.abspath(self.model_dir)}: train "
-            f"first, or pass the weights file path to load_weights()")
+        path = train_lib.find_last(self.model_dir, self.run_name)
+        if path is None:
+            raise FileNotFoundError(
+                f"no checkpoint of '{self.run_name}' under {os.path.abspath(self.model_dir)}: "
+                f"train first, or pass the weights file path to load_weights()")
+        return path
 
     def set_log_dir(self, model_path=None):
-        """Run folder and checkpoint naming; continues a run when given its checkpoint."""
+        """Run folder and checkpoint naming; continues a run when given its checkpoint.
+
+        With a checkpoint path inside a run folder (``<name><YYYYmmddTHHMM>/``) the run
+        folder is reused and the epoch counter set from the file name.
+        """
         self.epoch = 0
         now = datetime.datetime.now()
-        name = (self.config.NAME or "model").lower()
+        self.log_dir = os.path.join(self.model_dir, f"{self.run_name}{now:%Y%m%dT%H%M}")
         if model_path:
-            m = re.search(r"[/\\]([\w-]+)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
-                          r"mask\_rcnn\_[\w-]+(\d{4})\.(weights\.)?h5$", str(model_path))
-            if m:
-                now = datetime.datetime(*[int(v) for v in m.groups()[1:6]])
-                self.epoch = int(m.group(7))
-        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
-        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_*epoch*.h5")
-        self.checkpoint_path = self.checkpoint_path.replace("*epoch*", "{epoch:04d}")
+            parsed = train_lib.parse_checkpoint_name(model_path)
+            run_dir = os.path.dirname(os.path.abspath(str(model_path)))
+            if parsed and re.fullmatch(r"[\w-]+\d{8}T\d{4}", os.path.basename(run_dir)):
+                self.log_dir = run_dir
+                self.epoch = parsed[1]
+        # matterport's attribute; {epoch:04d} is filled in per checkpoint.
+        self.checkpoint_path = os.path.join(
+            self.log_dir, f"mask_rcnn_{self.run_name}_{{epoch:04d}}.h5")
 
     # ------------------------------------------------------------------- training
     def set_trainable(self, layer_regex, verbose=0):
-        """Make layers whose names fully match the regex trainable, freeze the rest."""
-        regex = LAYER_REGEX.get(layer_regex, layer_regex)
-        pattern = re.compile(regex)
-        trainable = []
+        """Make layers whose names fully match the regex (or preset) trainable."""
+        return train_lib.set_trainable(self.keras_model, layer_regex, verbose=verbose)
 
-        def visit(layer):
-            sub = getattr(layer, "layers", None)
-            if sub is not None and layer.name != "rpn_model":
-                layer.trainable = True
-                for s in sub:
-                    visit(s)
-                return
-            if not layer.weights:
-                return
-            on = bool(pattern.fullmatch(layer.name))
-            layer.trainable = on
-            if on:
-                trainable.append(layer.name)
-
-        for layer in self.keras_model.layers:
-            visit(layer)
-        if verbose:
-            print(f"Trainable layers ({len(trainable)}): {', '.join(trainable)}")
-        return trainable
-
-    def compile(self, learning_rate, momentum, optimizer=None):
-        c = self.config
+    def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1):
+        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``)."""
         if optimizer is None:
-            optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                             clipnorm=c.GRADIENT_CLIP_NORM)
+            optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
+                                                 momentum)
         jit = "auto"
         if keras.backend.backend() == "torch":
             jit = False  # see DESIGN: torch.compile is unreliable here; train eagerly
+        # With a mixed_float16 policy Keras wraps the optimizer in a LossScaleOptimizer.
         self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
-              optimizer=None, verbose=1, seed=None):
-        """Train to epoch ``epochs`` (counted from where the last run stopped).
+              resume="auto", on_oom="raise", optimizer=None, verbose=1, seed=None):
+        """Train up to epoch ``epochs`` (counted from where the last run stopped).
 
         layers: "heads", "3+", "4+", "5+", "all" or a regular expression of layer names.
+        resume: "auto" continues from the newest complete checkpoint of this NAME in
+            model_dir when it is further along than this model (after a disconnect, just
+            run the same cells again); a path resumes from that file; False starts here.
+        on_oom: "raise" turns out-of-memory into GPUMemoryError listing what to change;
+            "reduce" halves IMAGES_PER_GPU (doubling gradient accumulation), rebuilds
+            and continues from the last checkpoint.
+        Returns the Keras History of the last fit (None if nothing was left to do).
         """
-        from ..data.loader import DataGenerator
+        from .. import memory
         if self.mode != "training":
             raise ConfigError("create the model with mode='training' to train")
+        if on_oom not in ("raise", "reduce"):
+            raise ConfigError(f"on_oom must be 'raise' or 'reduce', got {on_oom!r}")
+        attempts = 0
+        while True:
+            try:
+                return self._train(train_dataset, val_dataset, learning_rate, epochs, layers,
+                                   augmentation, custom_callbacks, no_augmentation_sources,
+                                   resume, optimizer, verbose, seed)
+            except Exception as e:  # noqa: BLE001 - only OOM is handled, others re-raised
+                if not memory.is_oom_error(e):
+                    raise
+                if on_oom == "reduce" and attempts < 4 and optimizer is None:
+                    attempts += 1
+                    new = memory.reduced_config(self.config)
+                    print(f"Out of GPU memory: retrying with IMAGES_PER_GPU="
+                          f"{new.IMAGES_PER_GPU}, GRADIENT_ACCUMULATION_STEPS="
+                          f"{new.GRADIENT_ACCUMULATION_STEPS} from the last checkpoint.")
+                    self.config = new
+                    log_dir, epoch = self.log_dir, self.epoch
+                    self._build()
+                    self.log_dir, self.epoch = log_dir, epoch
+                    resume = "auto"
+                    continue
+                memory.raise_gpu_memory_error(e, self.config, layers)
+
+    def _resume_point(self, resume):
+        """-> (checkpoint path or None, epochs done, steps into the next epoch)."""
+        if not resume:
+            return None, self.epoch, 0
+        if isinstance(resume, (str, os.PathLike)) and resume != "auto":
+            path = str(resume)
+        else:
+            here = train_lib.list_checkpoints(self.log_dir, self.run_name) \
+                if os.path.isdir(self.log_dir) else []
+            path = here[-1] if here else train_lib.find_last(self.model_dir, self.run_name)
+        if path is None:
+            return None, self.epoch, 0
+        parsed = train_lib.parse_checkpoint_name(path)
+        state = train_lib.read_state(path) or {}
+        done = int(state.get("epochs_done", parsed[1] if parsed else 0))
+        step = int(state.get("step", parsed[2] if parsed else 0))
+        if (done, step) <= (self.epoch, 0):
+            return None, self.epoch, 0  # this model is already as far along
+        return path, done, step
+
+    def _train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+               augmentation, custom_callbacks, no_augmentation_sources, resume, optimizer,
+               verbose, seed):
+        from ..data.loader import DataGenerator
         c = self.config
+        path, done, step = self._resume_point(resume)
+        if path is not None:
+            self.load_weights(path, by_name=True)
+            self.log_dir = os.path.dirname(os.path.abspath(path))
+            self.set_log_dir(path)
+            self.epoch = done
+            if verbose:
+                where = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
+                print(f"Resuming from {path} ({where}). Pass resume=False to start over.")
+        if self.epoch >= epochs:
+            if verbose:
+                print(f"Already trained to epoch {self.epoch} (asked for {epochs}): nothing "
+                      f"to do. Raise epochs to train further.")
+            return None
+
+        self.set_trainable(layers, verbose=verbose > 1)
+        self.compile(learning_rate, optimizer=optimizer, end_epoch=epochs)
+        if self._optimizer_state is not None:
+            restored = train_lib.restore_optimizer(self.keras_model.optimizer,
+                                                   self._optimizer_state,
+                                                   self.keras_model.trainable_variables)
+            self._optimizer_state = None
+            if verbose and restored != "all":
+                print(f"Optimizer state restored: {restored} (trained layers changed?)")
+
         train_gen = DataGenerator(train_dataset, c, shuffle=True, augmentation=augmentation,
                                   seed=seed, steps=c.STEPS_PER_EPOCH)
         val_gen = None
@@ -381,20 +475,44 @@ class MaskRCNN:
             val_gen = DataGenerator(val_dataset, c, shuffle=True, seed=seed,
                                     steps=c.VALIDATION_STEPS)
         os.makedirs(self.log_dir, exist_ok=True)
-        callbacks = [
-            keras.callbacks.CSVLogger(os.path.join(self.log_dir, "log.csv"), append=True),
-            _CheckpointCallback(self),
-        ] + list(custom_callbacks or [])
+        with open(os.path.join(self.log_dir, "config.json"), "w") as f:
+            f.write(c.to_json())
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
                   f"Checkpoint path: {self.checkpoint_path}")
-        self.set_trainable(layers, verbose=verbose > 1)
-        self.compile(learning_rate, c.LEARNING_MOMENTUM, optimizer=optimizer)
-        history = self.keras_model.fit(
-            train_gen, initial_epoch=self.epoch, epochs=epochs, validation_data=val_gen,
-            callbacks=callbacks, verbose=verbose)
+
+        history = None
+        if step:
+            # Finish the interrupted epoch first: the same batches it would have had.
+            _set_epoch(train_gen, self.epoch)
+            rest = _Offset(train_gen, step)
+            history = self._fit(rest, val_gen, self.epoch, self.epoch + 1, layers,
+                                custom_callbacks, verbose, offset=step)
+            self.epoch += 1
+        if self.epoch < epochs:
+            _set_epoch(train_gen, self.epoch)
+            history = self._fit(train_gen, val_gen, self.epoch, epochs, layers,
+                                custom_callbacks, verbose)
         self.epoch = max(self.epoch, epochs)
         return history
+
+    def _fit(self, train_gen, val_gen, initial_epoch, epochs, layers, custom_callbacks,
+             verbose, offset=0):
+        c = self.config
+        callbacks = [
+            keras.callbacks.CSVLogger(os.path.join(self.log_dir, "log.csv"), append=True),
+            train_lib.CheckpointCallback(self, layers, every_minutes=c.CHECKPOINT_EVERY_MINUTES,
+                                         keep=c.CHECKPOINT_KEEP, first_epoch_offset=offset),
+            train_lib.LossPlotCallback(self.log_dir),
+        ]
+        # TensorBoard logs need TensorFlow's summary writer: on the TF backend only (on
+        # JAX/torch it would start TensorFlow next to them on the GPU).
+        if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard"):
+            callbacks.append(keras.callbacks.TensorBoard(self.log_dir, write_graph=False))
+        callbacks += list(custom_callbacks or [])
+        return self.keras_model.fit(train_gen, initial_epoch=initial_epoch, epochs=epochs,
+                                    validation_data=val_gen, callbacks=callbacks,
+                                    verbose=verbose)
 
     # ------------------------------------------------------------------ inference
     def mold_inputs(self, images):
@@ -471,15 +589,58 @@ class MaskRCNN:
                                 "masks": full})
         return results
 
+    def predict_folder(self, in_dir, out_dir, class_names=None, **kw):
+        """Detect on every image of a folder; overlays, masks, COCO JSON in ``out_dir``
+        (see :func:`colabrcnn.predict.predict_folder`)."""
+        from ..predict import predict_folder
+        return predict_folder(self, in_dir, out_dir, class_names, **kw)
 
-class _CheckpointCallback(keras.callbacks.Callback):
-    """Writes the layer weights at the end of each epoch (matterport's file names)."""
+    def predict_video(self, in_path, out_path, class_names=None, **kw):
+        """Overlay detections on every frame of a video (see
+        :func:`colabrcnn.predict.predict_video`)."""
+        from ..predict import predict_video
+        return predict_video(self, in_path, out_path, class_names, **kw)
 
-    def __init__(self, owner):
+
+def _set_epoch(gen, epoch):
+    """Put a DataGenerator at ``epoch`` so a resumed run sees the same batch order."""
+    if hasattr(gen, "set_epoch"):
+        gen.set_epoch(epoch)
+    else:
+        gen.epoch = epoch
+        gen._order = gen._make_order(epoch)
+
+
+class _Offset(keras.utils.PyDataset):
+    """The batches of ``base`` from ``start`` on: the rest of an interrupted epoch."""
+
+    def __init__(self, base, start):
         super().__init__()
-        self.owner = owner
+        self.base = base
+        self.start = int(start)
 
-    def on_epoch_end(self, epoch, logs=None):
-        path = self.owner.checkpoint_path.format(epoch=epoch + 1)
-        self.owner.save_weights(path)
-        self.owner.epoch = epoch + 1
+    def __len__(self):
+        return max(0, len(self.base) - self.start)
+
+    def __getitem__(self, index):
+        return self.base[index + self.start]
+
+    def on_epoch_end(self):
+        self.base.on_epoch_end()
+
+
+@contextlib.contextmanager
+def _dtype_policy(policy):
+    """Set Keras' global dtype policy while layers are created, then restore it."""
+    if not policy:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+_nullcontext = contextlib.nullcontext
