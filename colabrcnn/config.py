@@ -279,6 +279,9 @@ class Config:
              f"MIXED_PRECISION must be True, False, 'auto', 'mixed_float16' or "
              f"'mixed_bfloat16', got {self.MIXED_PRECISION!r}.")
         positive_int("GRADIENT_ACCUMULATION_STEPS")
+        need(not (self.REMAT and self.TRAIN_BN),
+             "REMAT recomputes the backbone in the backward pass, which would update "
+             "BatchNorm statistics twice: use REMAT with TRAIN_BN = False (the default).")
         need(self.CHECKPOINT_EVERY_MINUTES is None or self.CHECKPOINT_EVERY_MINUTES > 0,
              f"CHECKPOINT_EVERY_MINUTES must be > 0 or None, got "
              f"{self.CHECKPOINT_EVERY_MINUTES}.")

@@ -42,6 +42,14 @@ class ShapesConfig(Config):
     DETECTION_MAX_INSTANCES = 16
 
 
+def scratch_optimizer(config, learning_rate=0.001, epochs=40):
+    """Adam with a cosine decay over ``epochs``: the recipe for training from scratch."""
+    import keras
+    steps = epochs * config.STEPS_PER_EPOCH
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+    return keras.optimizers.Adam(schedule, clipnorm=config.GRADIENT_CLIP_NORM)
+
+
 def run_demo(out_dir="runs/demo", epochs=40, train_images=500, val_images=8,
              learning_rate=0.001, seed=0, verbose=1):
     """Train on ``train_images`` shapes, detect on ``val_images`` others.
@@ -66,9 +74,7 @@ def run_demo(out_dir="runs/demo", epochs=40, train_images=500, val_images=8,
     val = shapes(val_images, 128, seed=seed + 1000)
     config = ShapesConfig()
     model = MaskRCNN("training", config, model_dir=out_dir)
-    steps = epochs * config.STEPS_PER_EPOCH
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule, clipnorm=config.GRADIENT_CLIP_NORM)
+    optimizer = scratch_optimizer(config, learning_rate, epochs)
     start = time.time()
     model.train(train, val, learning_rate=learning_rate, epochs=epochs, layers="all",
                 optimizer=optimizer, resume=False, seed=seed, verbose=verbose)

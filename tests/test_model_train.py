@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from colabrcnn import MaskRCNN, utils
-from colabrcnn.demo import ShapesConfig
+from colabrcnn.demo import ShapesConfig, scratch_optimizer
 from colabrcnn.data import shapes
 from colabrcnn.errors import WeightsError
 
@@ -33,8 +33,9 @@ def trained(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("logs"))
     dataset = shapes(8, 128, seed=0)
     model = MaskRCNN("training", OverfitConfig(), model_dir)
-    history = model.train(dataset, dataset, learning_rate=0.02, epochs=15, layers="all",
-                          seed=0, verbose=0)
+    history = model.train(dataset, dataset, learning_rate=0.001, epochs=15, layers="all",
+                          optimizer=scratch_optimizer(model.config, 0.001, 15), seed=0,
+                          verbose=0)
     return model, dataset, history, model_dir
 
 

@@ -260,3 +260,27 @@ def test_mixed_precision_trains_without_nans(tmp_path):
     assert np.all(np.isfinite(h.history["loss"]))
     r = model.detect([shapes(1, 64, seed=5).load_image(0)])[0]
     assert r["masks"].dtype == bool
+
+
+def test_remat_gives_the_same_training_steps(tmp_path):
+    """REMAT recomputes the backbone blocks in the backward pass: same numbers, and the
+    blocks' layers keep their names for weight loading."""
+    from colabrcnn.data.loader import DataGenerator
+    from colabrcnn.errors import ConfigError
+    from colabrcnn.weights import named_layers
+    losses, names = {}, {}
+    for remat in (False, True):
+        keras.utils.set_random_seed(0)
+        cfg = TinyConfig(REMAT=remat, TRAIN_BN=False)
+        model = MaskRCNN("training", cfg, str(tmp_path))
+        model.set_trainable("all")
+        model.compile(0.01)
+        batch = DataGenerator(shapes(2, 64, seed=0), cfg, shuffle=False, seed=0)[0]
+        losses[remat] = [float(model.keras_model.train_on_batch(batch, return_dict=True)["loss"])
+                         for _ in range(2)]
+        names[remat] = list(named_layers(model.keras_model))
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert sorted(names[True]) == sorted(names[False])
+    assert "res3a_branch2a" in names[True]
+    with pytest.raises(ConfigError, match="REMAT"):
+        TinyConfig(REMAT=True, TRAIN_BN=True)

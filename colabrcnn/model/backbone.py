@@ -78,43 +78,96 @@ def basic_block(x, filters, stage, block, strides=1, train_bn=False):
 STAGE4_BLOCKS = {"resnet50": 5, "resnet101": 22}
 
 
-def resnet_graph(input_image, architecture, train_bn=False):
-    """ResNet body -> [C1, C2, C3, C4, C5] (strides 2, 4, 8, 16, 32)."""
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class Remat(layers.Layer):
+    """Runs a residual block (a small sub-model) under ``keras.remat``.
+
+    Only the block's input is kept for the backward pass; its inner activations are
+    recomputed there. That trades ~20-30% more compute for most of the backbone's
+    activation memory. The block's layers keep their matterport names (the sub-model
+    is flattened by weight loading and layer selection, like any nested model).
+    """
+
+    def __init__(self, inner, **kwargs):
+        kwargs.setdefault("name", inner.name + "_remat")
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    @property
+    def layers(self):
+        return [self.inner]
+
+    def call(self, x):
+        # No keyword arguments cross the remat boundary: TF's recompute_grad accepts
+        # them only eagerly. BatchNorm takes `training` from Keras' call context.
+        return keras.remat(self.inner)(x)
+
+    def compute_output_shape(self, input_shape):
+        return self.inner.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "inner": keras.saving.serialize_keras_object(self.inner)}
+
+    @classmethod
+    def from_config(cls, config):
+        config["inner"] = keras.saving.deserialize_keras_object(config["inner"])
+        return cls(**config)
+
+
+def _block(x, remat, name, fn):
+    """Apply ``fn`` (one residual block) to x, as a rematerialised sub-model if asked."""
+    if not remat:
+        return fn(x)
+    inp = keras.Input(shape=tuple(x.shape[1:]), name=f"input_{name}")
+    return Remat(keras.Model(inp, fn(inp), name=name))(x)
+
+
+def resnet_graph(input_image, architecture, train_bn=False, remat=False):
+    """ResNet body -> [C1, C2, C3, C4, C5] (strides 2, 4, 8, 16, 32).
+
+    remat: recompute each residual block's activations in the backward pass.
+    """
     x = layers.ZeroPadding2D((3, 3))(input_image)
     x = _conv(64, 7, "conv1", strides=2)(x)
     x = BatchNorm(train_bn, name="bn_conv1")(x)
     x = layers.Activation("relu")(x)
     c1 = x = layers.MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)
 
+    def bottleneck(x, filters, stage, block, strides=None):
+        return _block(x, remat, f"res{stage}{block}", lambda t: bottleneck_block(
+            t, 3, filters, stage, block, strides=strides, train_bn=train_bn))
+
     if architecture == "resnet18":
         outs = []
         for stage, filters in zip((2, 3, 4, 5), (64, 128, 256, 512)):
-            x = basic_block(x, filters, stage, "a", strides=1 if stage == 2 else 2,
-                            train_bn=train_bn)
-            x = basic_block(x, filters, stage, "b", train_bn=train_bn)
+            for block, strides in (("a", 1 if stage == 2 else 2), ("b", 1)):
+                x = _block(x, remat, f"res{stage}{block}",
+                           lambda t, f=filters, st=stage, b=block, s=strides: basic_block(
+                               t, f, st, b, strides=s, train_bn=train_bn))
             outs.append(x)
         return [c1] + outs
 
     if architecture not in STAGE4_BLOCKS:
         raise ValueError(f"unknown architecture {architecture}")
     # Stage 2
-    x = bottleneck_block(x, 3, [64, 64, 256], 2, "a", strides=1, train_bn=train_bn)
-    x = bottleneck_block(x, 3, [64, 64, 256], 2, "b", train_bn=train_bn)
-    c2 = x = bottleneck_block(x, 3, [64, 64, 256], 2, "c", train_bn=train_bn)
+    x = bottleneck(x, [64, 64, 256], 2, "a", strides=1)
+    x = bottleneck(x, [64, 64, 256], 2, "b")
+    c2 = x = bottleneck(x, [64, 64, 256], 2, "c")
     # Stage 3
-    x = bottleneck_block(x, 3, [128, 128, 512], 3, "a", strides=2, train_bn=train_bn)
+    x = bottleneck(x, [128, 128, 512], 3, "a", strides=2)
     for b in "bcd":
-        x = bottleneck_block(x, 3, [128, 128, 512], 3, b, train_bn=train_bn)
+        x = bottleneck(x, [128, 128, 512], 3, b)
     c3 = x
     # Stage 4: 'a' then 5 (ResNet-50) or 22 (ResNet-101) identity blocks b, c, ...
-    x = bottleneck_block(x, 3, [256, 256, 1024], 4, "a", strides=2, train_bn=train_bn)
+    x = bottleneck(x, [256, 256, 1024], 4, "a", strides=2)
     for i in range(STAGE4_BLOCKS[architecture]):
-        x = bottleneck_block(x, 3, [256, 256, 1024], 4, chr(98 + i), train_bn=train_bn)
+        x = bottleneck(x, [256, 256, 1024], 4, chr(98 + i))
     c4 = x
     # Stage 5
-    x = bottleneck_block(x, 3, [512, 512, 2048], 5, "a", strides=2, train_bn=train_bn)
-    x = bottleneck_block(x, 3, [512, 512, 2048], 5, "b", train_bn=train_bn)
-    c5 = bottleneck_block(x, 3, [512, 512, 2048], 5, "c", train_bn=train_bn)
+    x = bottleneck(x, [512, 512, 2048], 5, "a", strides=2)
+    x = bottleneck(x, [512, 512, 2048], 5, "b")
+    c5 = bottleneck(x, [512, 512, 2048], 5, "c")
     return [c1, c2, c3, c4, c5]
 
 

@@ -180,14 +180,16 @@ class MaskRCNN:
         """Create every weight-owning part once."""
         c = self.config
         inp = keras.Input(shape=(None, None, c.IMAGE_CHANNEL_COUNT), name="input_image")
-        # REMAT: backbone layers recompute their activations in the backward pass
-        # (Keras' RematScope; the Model itself is built outside the scope).
-        with (keras.RematScope(mode="full") if c.REMAT else _nullcontext()):
-            if callable(c.BACKBONE):
-                _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
-            else:
-                _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN)
-            pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
+        if callable(c.BACKBONE):
+            if c.REMAT:
+                raise ConfigError("REMAT applies to the built-in ResNet backbones; a "
+                                  "callable BACKBONE can use keras.remat itself")
+            _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
+        else:
+            # REMAT: residual blocks recompute their activations in the backward pass.
+            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN,
+                                             remat=bool(c.REMAT))
+        pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
         self.backbone = keras.Model(inp, pyramid, name="backbone_fpn")
         self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
                                    c.TOP_DOWN_PYRAMID_SIZE)
@@ -642,5 +644,3 @@ def _dtype_policy(policy):
     finally:
         keras.config.set_dtype_policy(previous)
 
-
-_nullcontext = contextlib.nullcontext
