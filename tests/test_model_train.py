@@ -7,14 +7,22 @@ import numpy as np
 import pytest
 
 from colabrcnn import MaskRCNN, utils
-from colabrcnn.demo import ShapesConfig, scratch_optimizer
+from colabrcnn.demo import ShapesConfig
 from colabrcnn.data import shapes
 from colabrcnn.errors import WeightsError
 
 
 class OverfitConfig(ShapesConfig):
-    """The demo's small model; the overfit test trains and scores on the same images."""
+    """The demo's small model; the overfit test trains and scores on the same images.
+
+    A cosine decay makes the last epochs settle: at a constant rate, runs of the same
+    length ended anywhere between AP50 0.81 and 1.0 depending on the random init.
+    """
     VALIDATION_STEPS = 2
+    LR_SCHEDULE = "cosine"
+
+
+EPOCHS = 20
 
 
 def mask_ap50(dataset, results):
@@ -33,9 +41,9 @@ def trained(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("logs"))
     dataset = shapes(8, 128, seed=0)
     model = MaskRCNN("training", OverfitConfig(), model_dir)
-    history = model.train(dataset, dataset, learning_rate=0.001, epochs=15, layers="all",
-                          optimizer=scratch_optimizer(model.config, 0.001, 15), seed=0,
-                          verbose=0)
+    # matterport's SGD (the default optimizer) at a from-scratch learning rate, cosine.
+    history = model.train(dataset, dataset, learning_rate=0.02, epochs=EPOCHS, layers="all",
+                          seed=0, verbose=0)
     return model, dataset, history, model_dir
 
 
@@ -62,11 +70,10 @@ def test_overfit_shapes_loss_drops_and_masks_recovered(trained):
 def test_checkpoints_reload_into_inference_model_with_same_detections(trained):
     model, dataset, _, model_dir = trained
     last = model.find_last()
-    assert os.path.basename(last) == "mask_rcnn_shapes_0015.h5"
+    assert os.path.basename(last) == f"mask_rcnn_shapes_{EPOCHS:04d}.h5"
     kept = sorted(f for f in os.listdir(os.path.dirname(last)) if f.endswith(".h5"))
     # The newest CHECKPOINT_KEEP epochs and the best by validation loss.
-    assert kept[:3] == ["mask_rcnn_shapes_0013.h5", "mask_rcnn_shapes_0014.h5",
-                        "mask_rcnn_shapes_0015.h5"]
+    assert kept[:3] == [f"mask_rcnn_shapes_{e:04d}.h5" for e in (EPOCHS - 2, EPOCHS - 1, EPOCHS)]
     assert kept[3:] == ["mask_rcnn_shapes_best.h5"]
     assert os.path.exists(os.path.join(os.path.dirname(last), "log.csv"))
 
@@ -75,7 +82,7 @@ def test_checkpoints_reload_into_inference_model_with_same_detections(trained):
     infer = MaskRCNN("inference", OverfitConfig(), model_dir)
     report = infer.load_weights(infer.find_last(), by_name=True)
     assert not report["missing"] and "rpn_model" in report["loaded"]
-    assert infer.epoch == 15
+    assert infer.epoch == EPOCHS
     got = infer.detect(images)
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a["class_ids"], b["class_ids"])
