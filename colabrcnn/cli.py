@@ -60,6 +60,17 @@ def _demo_run(args):
     return 0 if metrics["mask_AP50"] > 0 else 1
 
 
+# ------------------------------------------------------------------- train
+def _train_arguments(parser):
+    from .cli_train import add_arguments
+    add_arguments(parser)
+
+
+def _train_run(args):
+    from .cli_train import run
+    return run(args)
+
+
 # ------------------------------------------------------------ annotations
 def _validate_arguments(parser):
     from .data.validate import add_cli_arguments
@@ -97,6 +108,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                          _doctor_arguments, _doctor_run),
     "demo": Subcommand("train a small model on synthetic shapes, then detect and save "
                        "pictures", _demo_arguments, _demo_run),
+    "train": Subcommand("train on your annotations (or the built-in shapes): "
+                        "MaskRCNN.train on the command line, resumes by itself",
+                        _train_arguments, _train_run),
     "validate": Subcommand("check annotations and images; list every problem",
                            _validate_arguments, _validate_run),
     "convert": Subcommand("convert annotations (to COCO JSON)", _convert_arguments,

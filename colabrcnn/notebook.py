@@ -1,0 +1,664 @@
+"""Helpers for the notebooks (``notebooks/``) and for anyone working in Jupyter, Colab or
+Kaggle: find data, bring it in, browse it, load the last checkpoint, measure memory.
+
+Everything here runs anywhere. What only Colab can do (upload from the browser,
+download to the browser) prints what to do instead elsewhere, so the notebooks run
+top to bottom on Colab, Kaggle, a laptop and in CI alike::
+
+    from colabrcnn import notebook as nb
+    data = nb.bring_data("/content/drive/MyDrive/balloon.zip")   # folder, zip, link, "upload"
+    nb.browse_dataset(dataset)                                    # slider over images + masks
+    model = nb.load_for_inference(nb.find_checkpoint("runs"))
+    nb.browse_results(images, model.detect(images), class_names)
+
+Nothing here imports Keras at module level.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.parse
+import zipfile
+
+import numpy as np
+
+from . import env
+from .errors import ColabRCNNError
+
+KAGGLE_INPUT = "/kaggle/input"
+KAGGLE_WORKING = "/kaggle/working"
+DRIVE_ROOT = "/content/drive/MyDrive"
+CLASS_NAMES_FILE = "class_names.json"
+
+__all__ = ["platform", "has_gpu", "gpu_name", "in_notebook", "find_sample", "find_repo_dir",
+           "default_model_dir", "bring_data", "upload", "download", "kaggle_inputs",
+           "browse_dataset", "browse_results", "browse_images", "side_by_side",
+           "instances_picture", "show_image", "SMOKE_SETTINGS", "save_class_names",
+           "load_class_names", "find_checkpoint", "load_for_inference", "measure_step",
+           "format_table", "timer"]
+
+
+# ------------------------------------------------------------------- where are we
+def platform():
+    """"colab", "kaggle" or "local" (:func:`colabrcnn.env.detect_platform`)."""
+    return env.detect_platform()
+
+
+def _accelerators():
+    return [d for d in env.devices() if d.get("kind") in ("gpu", "tpu")]
+
+
+def has_gpu():
+    """True when a GPU (or TPU) is visible, without importing a backend."""
+    return bool(_accelerators())
+
+
+def gpu_name():
+    """Name of the first accelerator, or None."""
+    acc = _accelerators()
+    return acc[0]["name"] if acc else None
+
+
+def in_notebook():
+    """True inside a Jupyter/Colab/Kaggle kernel (an IPython kernel, not a terminal)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ in ("ZMQInteractiveShell", "Shell")
+
+
+# -------------------------------------------------------------------- finding data
+def _repo_dirs(start=None):
+    """colabrcnn checkouts (folders holding ``datasets/`` and ``colabrcnn/``) above the
+    working directory (or ``start``), above the installed package, and where Colab and
+    Kaggle users usually clone it."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen = set()
+    for c in (os.path.abspath(start or os.getcwd()), here, "/content/colabrcnn",
+              os.path.join(KAGGLE_WORKING, "colabrcnn")):
+        d = c
+        while d not in seen:
+            seen.add(d)
+            if os.path.isdir(os.path.join(d, "datasets")) and \
+                    os.path.isdir(os.path.join(d, "colabrcnn")):
+                yield d
+            d = os.path.dirname(d)
+
+
+def find_repo_dir(start=None):
+    """The first colabrcnn checkout found (see :func:`find_sample`), or None (a pip
+    install outside a checkout)."""
+    return next(_repo_dirs(start), None)
+
+
+def find_sample(name="coins", start=None):
+    """Path of the shipped sample dataset ``datasets/<name>`` (see datasets/README.md),
+    looked for upwards from the working directory (a notebook in ``notebooks/``), then
+    from the installed package; None when it is not there (clone the repository)."""
+    for repo in _repo_dirs(start):
+        path = os.path.join(repo, "datasets", name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def default_model_dir(name="runs"):
+    """Where checkpoints should go: Drive (``MyDrive/colabrcnn/<name>``) on Colab with
+    Drive mounted, so they survive a disconnect; ``/kaggle/working/<name>`` on Kaggle
+    (kept as the notebook's output); ``./<name>`` elsewhere."""
+    where = platform()
+    if where == "colab" and os.path.isdir(DRIVE_ROOT):
+        return os.path.join(DRIVE_ROOT, "colabrcnn", name)
+    if where == "colab":
+        print("Google Drive is not mounted: checkpoints go to the Colab disk and are "
+              "lost when the session ends. Run the Drive cell to keep them.")
+    if where == "kaggle" and os.path.isdir(KAGGLE_WORKING):
+        return os.path.join(KAGGLE_WORKING, name)
+    return os.path.abspath(name)
+
+
+def kaggle_inputs():
+    """Datasets attached to a Kaggle notebook (folders of /kaggle/input); [] elsewhere."""
+    if not os.path.isdir(KAGGLE_INPUT):
+        return []
+    return sorted(os.path.join(KAGGLE_INPUT, d) for d in os.listdir(KAGGLE_INPUT))
+
+
+def _is_link(text):
+    return bool(re.match(r"https?://", text))
+
+
+def _gdrive_or_url_download(link, dest_dir):
+    """Download a Google Drive link/id (gdown) or a URL into ``dest_dir``; its path."""
+    os.makedirs(dest_dir, exist_ok=True)
+    if "drive.google.com" in link or "docs.google.com" in link or \
+            re.fullmatch(r"[A-Za-z0-9_-]{25,}", link):
+        import gdown
+        if "/folders/" in link:
+            out = gdown.download_folder(link, output=dest_dir, quiet=False)
+            if not out:
+                raise ColabRCNNError(f"gdown could not download the folder {link}: is it "
+                                     f"shared as 'anyone with the link'?")
+            return dest_dir
+        if _is_link(link):
+            out = gdown.download(url=link, output=dest_dir + os.sep, quiet=False, fuzzy=True)
+        else:
+            out = gdown.download(id=link, output=dest_dir + os.sep, quiet=False)
+        if not out:
+            raise ColabRCNNError(f"gdown could not download {link}: is the file shared as "
+                                 f"'anyone with the link'?")
+        return out
+    import urllib.request
+    name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(link).path)) \
+        or "download"
+    out = os.path.join(dest_dir, name)
+    print(f"Downloading {link}\n  to {out}")
+    urllib.request.urlretrieve(link, out)
+    return out
+
+
+def _extract_zip(path, dest_dir):
+    """Unzip ``path`` into ``dest_dir/<zip stem>`` once; return the folder holding the
+    data (the single top folder of the archive, if it has one)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out = os.path.join(dest_dir, stem)
+    marker = os.path.join(out, ".colabrcnn_extracted")
+    if not os.path.exists(marker):
+        print(f"Extracting {path}\n  to {out}")
+        with zipfile.ZipFile(path) as z:
+            z.extractall(out)
+        open(marker, "w").close()
+    entries = [e for e in os.listdir(out) if not e.startswith(".") and e != "__MACOSX"]
+    if len(entries) == 1 and os.path.isdir(os.path.join(out, entries[0])):
+        return os.path.join(out, entries[0])
+    return out
+
+
+def bring_data(source, dest="data"):
+    """Make a dataset available locally and return its path, for ``data.load``.
+
+    source: a folder or annotation file (returned as it is, e.g. a Drive folder or a
+    Kaggle input); a ``.zip`` file (extracted under ``dest``: reading thousands of
+    small files from Drive is slow, one zip is fast); a Google Drive share link or
+    file id, or an http(s) URL (downloaded with gdown/urllib, then extracted if a zip);
+    or ``"upload"`` (Colab's upload button; elsewhere a message and None).
+    """
+    if source is None:
+        raise ColabRCNNError("no data given: set DATA to a folder, an annotation file, a "
+                             "zip, a Google Drive link or 'upload'")
+    text = os.fspath(source)
+    if text == "upload":
+        files = upload(os.path.join(dest, "upload"))
+        if not files:
+            return None
+        zips = [f for f in files if f.lower().endswith(".zip")]
+        if zips:
+            return _extract_zip(zips[0], dest)
+        return os.path.join(dest, "upload")
+    if _is_link(text) or re.fullmatch(r"[A-Za-z0-9_-]{25,}", text):
+        text = _gdrive_or_url_download(text, os.path.join(dest, "downloads"))
+    text = os.path.expanduser(text)
+    if not os.path.exists(text):
+        hint = ""
+        if text.startswith("/content/drive") and not os.path.isdir("/content/drive"):
+            hint = " (Google Drive is not mounted: run the Drive cell first)"
+        raise ColabRCNNError(f"data not found: {text}{hint}")
+    if text.lower().endswith(".zip") and os.path.isfile(text):
+        return _extract_zip(text, dest)
+    return text
+
+
+def upload(dest="uploads"):
+    """Colab: ask the browser for files and save them in ``dest``; returns their paths.
+    Elsewhere prints where to put files instead and returns []."""
+    where = platform()
+    if where != "colab":
+        tip = ("add a dataset with 'Add data' (right panel); it appears under "
+               "/kaggle/input" if where == "kaggle" else
+               f"copy the files into {os.path.abspath(dest)}")
+        print(f"upload: browser uploads work on Colab only (here: {where}); {tip}.")
+        return []
+    from google.colab import files
+    os.makedirs(dest, exist_ok=True)
+    got = files.upload()
+    paths = []
+    for name, content in got.items():
+        path = os.path.join(dest, os.path.basename(name))
+        with open(path, "wb") as f:
+            f.write(content)
+        paths.append(path)
+    return paths
+
+
+def download(path):
+    """Colab: send a file (a folder is zipped first) to the browser. Kaggle: files under
+    /kaggle/working are the notebook's output. Elsewhere: prints the path. Returns the
+    path that was (or would be) downloaded."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise ColabRCNNError(f"nothing to download: {path} does not exist")
+    if os.path.isdir(path):
+        path = shutil.make_archive(path, "zip", root_dir=path)
+    where = platform()
+    if where == "colab":
+        from google.colab import files
+        files.download(path)
+    elif where == "kaggle":
+        print(f"{path}: files under {KAGGLE_WORKING} appear in the notebook's Output "
+              f"(save a version to keep them).")
+    else:
+        print(f"download: not on Colab; the file is at {path}")
+    return path
+
+
+# -------------------------------------------------------------------- pictures
+def instances_picture(image, boxes, masks, class_ids, class_names=None, scores=None):
+    """RGB uint8 picture of the instances over the image."""
+    from .visualize import draw_instances
+    return draw_instances(image, boxes, masks, class_ids, class_names, scores)
+
+
+def _png_bytes(image):
+    import cv2
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.asarray(image, np.uint8),
+                                                 cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ColabRCNNError("could not encode the picture as PNG")
+    return buf.tobytes()
+
+
+def _scaled(image, width):
+    import cv2
+    image = np.asarray(image, np.uint8)
+    h, w = image.shape[:2]
+    if width and w < width:   # small images (tests, shapes): enlarge so they can be seen
+        f = max(1, width // w)
+        image = cv2.resize(image, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
+    return image
+
+
+def show_image(image, title=None, width=512):
+    """Show an RGB picture inline (IPython), or say where it would be."""
+    try:
+        from IPython.display import Image, display
+    except ImportError:
+        print(f"(picture {title or ''}: IPython is not available)")
+        return
+    if title:
+        print(title)
+    display(Image(data=_png_bytes(_scaled(image, width))))
+
+
+def _slider_browser(count, render, description, width):
+    """An ipywidgets slider over ``count`` items; ``render(i) -> (image, caption)``.
+
+    Returns the widget (displayed). Falls back to showing the first item when
+    ipywidgets is missing."""
+    try:
+        import ipywidgets as widgets
+        from IPython.display import display
+    except ImportError:
+        image, caption = render(0)
+        show_image(image, caption, width)
+        return None
+    slider = widgets.IntSlider(value=0, min=0, max=max(0, count - 1), step=1,
+                               description=description, continuous_update=False)
+    picture = widgets.Image(format="png")
+    caption = widgets.HTML()
+
+    def update(change=None):
+        image, text = render(slider.value)
+        picture.value = _png_bytes(_scaled(image, width))
+        caption.value = f"<code>{text}</code>"
+
+    slider.observe(update, names="value")
+    update()
+    box = widgets.VBox([slider, caption, picture])
+    display(box)
+    return box
+
+
+def browse_dataset(dataset, width=640):
+    """A slider over the dataset's images with their ground-truth masks, boxes and class
+    names. Returns the widget."""
+    from .utils import extract_bboxes
+    ids = list(dataset.image_ids)
+    if not ids:
+        raise ColabRCNNError("the dataset has no images")
+    names = list(getattr(dataset, "class_names", []) or [])
+
+    def render(i):
+        image_id = ids[i]
+        image = dataset.load_image(image_id)
+        masks, class_ids = dataset.load_mask(image_id)
+        masks = np.asarray(masks, bool)
+        keep = np.asarray(class_ids) > 0
+        masks, class_ids = masks[..., keep], np.asarray(class_ids)[keep]
+        boxes = extract_bboxes(masks) if masks.shape[-1] else np.zeros((0, 4), int)
+        ref = dataset.image_reference(image_id) if hasattr(dataset, "image_reference") \
+            else image_id
+        counts = {}
+        for c in class_ids:
+            n = names[int(c)] if int(c) < len(names) else str(int(c))
+            counts[n] = counts.get(n, 0) + 1
+        text = f"{i + 1}/{len(ids)}  {os.path.basename(str(ref))}  " \
+               f"{image.shape[1]}x{image.shape[0]}  " + \
+               ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        return instances_picture(image, boxes, masks, class_ids, names), text
+
+    return _slider_browser(len(ids), render, "image", width)
+
+
+def browse_results(images, results, class_names=None, titles=None, width=640):
+    """A slider over detections: each image with its predicted masks, boxes, classes and
+    scores. ``images`` are arrays or file paths; ``results`` are ``detect()``'s dicts."""
+    from .data.dataset import read_image
+    images = list(images)
+    results = list(results)
+    if len(images) != len(results):
+        raise ColabRCNNError(f"{len(images)} images but {len(results)} results")
+    if not images:
+        raise ColabRCNNError("nothing to browse: no images")
+
+    def render(i):
+        image = images[i]
+        name = titles[i] if titles else None
+        if isinstance(image, (str, os.PathLike)):
+            name = name or os.path.basename(os.fspath(image))
+            image = read_image(image)
+        r = results[i]
+        text = f"{i + 1}/{len(images)}  {name or ''}  {len(r['class_ids'])} instances"
+        return instances_picture(image, r["rois"], r["masks"], r["class_ids"],
+                                 class_names, r["scores"]), text
+
+    return _slider_browser(len(images), render, "result", width)
+
+
+def browse_images(pictures, titles=None, width=640):
+    """A slider over pictures: file paths (e.g. the overlays ``predict_folder`` wrote)
+    or RGB arrays."""
+    from .data.dataset import read_image
+    pictures = list(pictures)
+    if not pictures:
+        raise ColabRCNNError("nothing to browse: no pictures")
+
+    def render(i):
+        p = pictures[i]
+        if isinstance(p, (str, os.PathLike)):
+            name = titles[i] if titles else os.path.basename(os.fspath(p))
+            return read_image(p), f"{i + 1}/{len(pictures)}  {name}"
+        return np.asarray(p), f"{i + 1}/{len(pictures)}  {titles[i] if titles else ''}"
+
+    return _slider_browser(len(pictures), render, "picture", width)
+
+
+def side_by_side(*images, gap=4):
+    """RGB images next to each other (bottoms padded white), with a white gap."""
+    images = [np.asarray(a, np.uint8) for a in images]
+    height = max(a.shape[0] for a in images)
+    parts = []
+    for k, a in enumerate(images):
+        a = np.pad(a, ((0, height - a.shape[0]), (0, 0), (0, 0)), constant_values=255)
+        parts.append(a)
+        if k < len(images) - 1 and gap:
+            parts.append(np.full((height, gap, 3), 255, np.uint8))
+    return np.concatenate(parts, axis=1)
+
+
+# Tiny settings for SMOKE runs of the notebooks (CPU, CI): ResNet-18 at 64x64, a few
+# ROIs, one step per epoch. They check that every cell runs, not that the model learns.
+SMOKE_SETTINGS = dict(
+    BACKBONE="resnet18", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, IMAGES_PER_GPU=2,
+    RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), RPN_TRAIN_ANCHORS_PER_IMAGE=32,
+    PRE_NMS_LIMIT=256, POST_NMS_ROIS_TRAINING=64, POST_NMS_ROIS_INFERENCE=32,
+    TRAIN_ROIS_PER_IMAGE=16, TOP_DOWN_PYRAMID_SIZE=32, FPN_CLASSIF_FC_LAYERS_SIZE=64,
+    MAX_GT_INSTANCES=16, MINI_MASK_SHAPE=(14, 14), STEPS_PER_EPOCH=1, VALIDATION_STEPS=1,
+    DETECTION_MIN_CONFIDENCE=0.0, DETECTION_MAX_INSTANCES=8, CHECKPOINT_EVERY_MINUTES=None,
+    MIXED_PRECISION=False, TRAIN_BN=False)
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_class_names(folder, class_names):
+    """Write ``class_names.json`` (BG first) into a run folder; returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, CLASS_NAMES_FILE)
+    with open(path, "w") as f:
+        json.dump(list(class_names), f)
+    return path
+
+
+def load_class_names(folder_or_checkpoint, num_classes=None):
+    """Class names saved beside a checkpoint (``class_names.json``), else
+    ["BG", "class_1", ...] for ``num_classes``, else None."""
+    folder = folder_or_checkpoint
+    if os.path.isfile(folder):
+        folder = os.path.dirname(folder)
+    path = os.path.join(folder, CLASS_NAMES_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if num_classes:
+        return ["BG"] + [f"class_{i}" for i in range(1, int(num_classes))]
+    return None
+
+
+def find_checkpoint(model_dir, which="last", name=None):
+    """A checkpoint under ``model_dir`` (a folder of runs, or one run folder).
+
+    which: "last" (the newest complete epoch or mid-epoch checkpoint of the newest run)
+    or "best" (the lowest validation loss of that run; the last when no best was kept).
+    name: the Config NAME to look for (default: any). Returns None when there is none.
+    """
+    from . import train as train_lib
+    if which not in ("last", "best"):
+        raise ColabRCNNError(f"which must be 'last' or 'best', got {which!r}")
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        return None
+    runs = [model_dir] + [d for d in glob.glob(os.path.join(model_dir, "*"))
+                          if os.path.isdir(d)]
+    candidates = []
+    for run in runs:
+        ckpts = [p for p in train_lib.list_checkpoints(run, name) if train_lib._readable(p)]
+        if ckpts:
+            candidates.append((os.path.getmtime(ckpts[-1]), run, ckpts[-1]))
+    if not candidates:
+        return None
+    _, run, last = max(candidates)
+    if which == "best":
+        pattern = f"mask_rcnn_{name}_best.h5" if name else "mask_rcnn_*_best.h5"
+        best = sorted(glob.glob(os.path.join(run, pattern)))
+        if best:
+            return best[-1]
+    return last
+
+
+def load_for_inference(checkpoint, config=None, model_dir=None, **overrides):
+    """An inference MaskRCNN with a checkpoint's weights.
+
+    The Config comes from ``config`` (a Config or JSON), else from the ``config.json``
+    the run folder holds, else from the checkpoint's saved training state. Keyword
+    overrides change settings for inference (e.g. ``DETECTION_MIN_CONFIDENCE=0.5``;
+    IMAGES_PER_GPU=1 is used unless given). A ``.keras`` export works too.
+    """
+    from .export import config_from_json, load_exported
+    from .model.maskrcnn import MaskRCNN
+    from .train import read_state
+    checkpoint = os.fspath(checkpoint)
+    if checkpoint.endswith(".keras"):
+        return load_exported(checkpoint, config, model_dir)
+    if config is None:
+        beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
+        if os.path.exists(beside):
+            config = beside
+        else:
+            state = read_state(checkpoint) or {}
+            text = state.get("config_json")
+            if not text or text == "{}":
+                raise ColabRCNNError(f"no config.json beside {checkpoint} and none saved in "
+                                     f"it: pass config= (the Config it was trained with)")
+            config = text
+    from .config import Config
+    if not isinstance(config, Config):
+        config = config_from_json(config)
+    overrides.setdefault("IMAGES_PER_GPU", 1)
+    config = config.copy(**overrides)
+    model = MaskRCNN("inference", config,
+                     model_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
+    model.load_weights(checkpoint, by_name=True)
+    return model
+
+
+# ---------------------------------------------------------------- measuring
+class timer:
+    """``with timer("train"): ...`` prints how long the block took."""
+
+    def __init__(self, what=""):
+        self.what = what
+        self.seconds = None
+
+    def __enter__(self):
+        self.start = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.time() - self.start
+        print(f"{self.what + ': ' if self.what else ''}{self.seconds:.1f} s")
+        return False
+
+
+def _reset_peak():
+    import keras
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+            if tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.reset_memory_stats("GPU:0")
+        elif backend == "torch":
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        elif backend == "jax":
+            import jax
+            return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    except Exception:
+        pass
+    return None
+
+
+def _read_peak(baseline):
+    import keras
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+            if tf.config.list_physical_devices("GPU"):
+                return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        elif backend == "torch":
+            import torch
+            if torch.cuda.is_available():
+                return int(torch.cuda.max_memory_allocated())
+        elif backend == "jax":
+            import jax
+            peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+            # JAX's peak cannot be reset: trust it only when this trial raised it.
+            if peak is not None and (baseline is None or peak > baseline):
+                return int(peak)
+    except Exception:
+        pass
+    return None
+
+
+def _free():
+    import gc
+
+    import keras
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
+    """Train ``config`` for ``warmup`` + ``steps`` steps on synthetic shapes at its image
+    size and measure it. Returns {"peak_bytes" (None without a GPU), "step_seconds",
+    "images_per_second", "status": "ok" | "out of memory" | "error: ..."}.
+
+    Out-of-memory is caught and reported (the next row can still run); the memory is
+    released after each call. The first (warm-up) steps compile and are not timed.
+    """
+    import keras
+
+    from . import memory
+    from .data.loader import DataGenerator
+    from .data.shapes import shapes
+    from .model.maskrcnn import MaskRCNN
+
+    out = {"peak_bytes": None, "step_seconds": None, "images_per_second": None,
+           "status": "ok"}
+    _free()
+    keras.utils.set_random_seed(seed)
+    baseline = _reset_peak()
+    model = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = MaskRCNN("training", config, model_dir=tmp)
+            model.set_trainable(layers)
+            model.compile(config.LEARNING_RATE)
+            size = int(config.IMAGE_SHAPE[0])
+            data = shapes(max(2, config.BATCH_SIZE), size, seed=seed,
+                          max_instances=min(4, config.MAX_GT_INSTANCES))
+            batch = DataGenerator(data, config, shuffle=False, seed=seed)[0]
+            logs = None
+            for _ in range(max(1, warmup)):
+                logs = model.keras_model.train_on_batch(batch, return_dict=True)
+            float(logs["loss"])
+            start = time.time()
+            for _ in range(steps):
+                logs = model.keras_model.train_on_batch(batch, return_dict=True)
+            float(logs["loss"])   # wait for the device
+            seconds = (time.time() - start) / max(1, steps)
+            out["step_seconds"] = seconds
+            out["images_per_second"] = config.BATCH_SIZE / seconds if seconds else None
+            out["peak_bytes"] = _read_peak(baseline)
+    except Exception as e:  # noqa: BLE001 - one lever failing must not end the table
+        if memory.is_oom_error(e):
+            out["status"] = "out of memory"
+        else:
+            first = (str(e).strip().splitlines() or [""])[0][:100]
+            out["status"] = f"error: {type(e).__name__}: {first}"
+    finally:
+        del model
+        _free()
+    return out
+
+
+def format_table(rows, columns=None):
+    """A plain-text table of dicts (one per row), columns in order of first appearance."""
+    if not rows:
+        return "(no rows)"
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns.extend(k for k in r if k not in columns)
+
+    def cell(v):
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(str(c)), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(str(c).ljust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for row in cells:
+        out.append("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return "\n".join(out)
