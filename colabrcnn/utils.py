@@ -100,6 +100,68 @@ def denorm_boxes(boxes, shape):
 
 
 # ---------------------------------------------------------------------------- images
+def resize_scale(shape, min_dim=None, max_dim=None, min_scale=None, mode="square"):
+    """The scale ``resize_image`` applies to an image of ``shape`` (H, W, ...)."""
+    if mode == "none":
+        return 1.0
+    h, w = int(shape[0]), int(shape[1])
+    scale = 1.0
+    if min_dim:
+        scale = max(1.0, min_dim / min(h, w))
+    if min_scale and scale < min_scale:
+        scale = min_scale
+    if max_dim and mode == "square":
+        image_max = max(h, w)
+        if round(image_max * scale) > max_dim:
+            scale = max_dim / image_max
+    return scale
+
+
+def scaled_size(shape, scale):
+    """(height, width) of an image of ``shape`` resized by ``scale`` (as resize_image)."""
+    h, w = int(shape[0]), int(shape[1])
+    if scale == 1:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def placement(shape, min_dim=None, max_dim=None, mode="square", rng=None):
+    """Where a resized image of ``shape`` goes: resize_image's padding and crop.
+
+    Returns (padding, crop, window): padding [(top, bottom), (left, right), (0, 0)] is
+    applied first, then crop (y, x, h, w) or None; window (y1, x1, y2, x2) is the real
+    image inside the result. ``crop`` mode draws the crop from ``rng``.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if mode == "none":
+        return [(0, 0), (0, 0), (0, 0)], None, (0, 0, h, w)
+    if mode == "square":
+        top = (max_dim - h) // 2
+        left = (max_dim - w) // 2
+        padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)]
+        return padding, None, (top, left, h + top, w + left)
+    if mode == "pad64":
+        if min_dim % 64 != 0:
+            raise ConfigError("IMAGE_MIN_DIM must be a multiple of 64 in 'pad64' mode")
+        ph = (64 - h % 64) % 64
+        pw = (64 - w % 64) % 64
+        top, left = ph // 2, pw // 2
+        padding = [(top, ph - top), (left, pw - left), (0, 0)]
+        return padding, None, (top, left, h + top, w + left)
+    if mode == "crop":
+        rng = rng or np.random.default_rng()
+        padding = [(0, 0), (0, 0), (0, 0)]
+        if h < min_dim or w < min_dim:
+            # Small image: pad up to the crop size first (top-left), then crop.
+            ph, pw = max(0, min_dim - h), max(0, min_dim - w)
+            padding = [(0, ph), (0, pw), (0, 0)]
+            h, w = h + ph, w + pw
+        y = int(rng.integers(0, h - min_dim + 1))
+        x = int(rng.integers(0, w - min_dim + 1))
+        return padding, (y, x, min_dim, min_dim), (0, 0, min_dim, min_dim)
+    raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
+
+
 def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square",
                  rng=None):
     """Resize keeping the aspect ratio, as matterport's modes do.
@@ -111,56 +173,22 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
     """
     image_dtype = image.dtype
     h, w = image.shape[:2]
-    window = (0, 0, h, w)
-    scale = 1.0
-    padding = [(0, 0), (0, 0), (0, 0)]
-    crop = None
     if mode == "none":
-        return image, window, scale, padding, crop
-    if min_dim:
-        scale = max(1.0, min_dim / min(h, w))
-    if min_scale and scale < min_scale:
-        scale = min_scale
-    if max_dim and mode == "square":
-        image_max = max(h, w)
-        if round(image_max * scale) > max_dim:
-            scale = max_dim / image_max
+        return image, (0, 0, h, w), 1.0, [(0, 0), (0, 0), (0, 0)], None
+    if mode not in ("square", "pad64", "crop"):
+        raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
+    scale = resize_scale((h, w), min_dim, max_dim, min_scale, mode)
     if scale != 1:
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        nh, nw = scaled_size((h, w), scale)
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if image.ndim == 2:
             image = image[..., None]
-    h, w = image.shape[:2]
-    if mode == "square":
-        top = (max_dim - h) // 2
-        left = (max_dim - w) // 2
-        padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)]
+    padding, crop, window = placement(image.shape, min_dim, max_dim, mode, rng)
+    if any(p != (0, 0) for p in padding[:2]):
         image = np.pad(image, padding, mode="constant", constant_values=0)
-        window = (top, left, h + top, w + left)
-    elif mode == "pad64":
-        if min_dim % 64 != 0:
-            raise ConfigError("IMAGE_MIN_DIM must be a multiple of 64 in 'pad64' mode")
-        ph = (64 - h % 64) % 64
-        pw = (64 - w % 64) % 64
-        top, left = ph // 2, pw // 2
-        padding = [(top, ph - top), (left, pw - left), (0, 0)]
-        image = np.pad(image, padding, mode="constant", constant_values=0)
-        window = (top, left, h + top, w + left)
-    elif mode == "crop":
-        rng = rng or np.random.default_rng()
-        if h < min_dim or w < min_dim:
-            # Small image: pad up to the crop size first (top-left), then crop.
-            ph, pw = max(0, min_dim - h), max(0, min_dim - w)
-            padding = [(0, ph), (0, pw), (0, 0)]
-            image = np.pad(image, padding, mode="constant", constant_values=0)
-            h, w = image.shape[:2]
-        y = int(rng.integers(0, h - min_dim + 1))
-        x = int(rng.integers(0, w - min_dim + 1))
-        crop = (y, x, min_dim, min_dim)
-        image = image[y:y + min_dim, x:x + min_dim]
-        window = (0, 0, min_dim, min_dim)
-    else:
-        raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
+    if crop is not None:
+        y, x, ch, cw = crop
+        image = image[y:y + ch, x:x + cw]
     return image.astype(image_dtype), window, scale, padding, crop
 
 
@@ -325,6 +353,100 @@ _ANCHOR_CACHE: dict = {}
 
 
 # ---------------------------------------------------------------------- RPN targets
+class _AnchorIndex:
+    """Anchors grouped by size, to find quickly those that can overlap a box.
+
+    At 1024 x 1024 there are 261,888 anchors but a GT box overlaps only a few thousand,
+    and only anchors of about its size can reach the IoU thresholds. Anchors of one
+    (height, width) form a regular grid (one per scale and ratio), so the anchors of a
+    group that touch a box are a block of rows and columns found by binary search.
+    Groups that are not grids (custom anchors) fall back to a band of rows and a test.
+    """
+
+    def __init__(self, anchors):
+        a = np.asarray(anchors, dtype=np.float64)
+        heights = a[:, 2] - a[:, 0]
+        widths = a[:, 3] - a[:, 1]
+        sizes = np.stack([np.round(heights, 2), np.round(widths, 2)], axis=1)
+        _, group_of = np.unique(sizes, axis=0, return_inverse=True)
+        group_of = group_of.reshape(-1)
+        if len(a) and group_of.max() >= 256:
+            # Not a few grids (anchors of arbitrary sizes): one group, searched by band.
+            group_of = np.zeros_like(group_of)
+        self.groups = []
+        for g in range(int(group_of.max()) + 1 if len(a) else 0):
+            ids = np.flatnonzero(group_of == g)
+            ids = ids[np.lexsort((a[ids, 1], a[ids, 0]))]  # by top, then left
+            ga = a[ids]
+            group = {"hmax": float((ga[:, 2] - ga[:, 0]).max()),
+                     "wmax": float((ga[:, 3] - ga[:, 1]).max()),
+                     "amin": float(((ga[:, 2] - ga[:, 0]) * (ga[:, 3] - ga[:, 1])).min()),
+                     "ids": ids, "tops": ga[:, 0], "a": ga, "grid": None}
+            ys, xs = np.unique(ga[:, 0]), np.unique(ga[:, 1])
+            if len(ys) * len(xs) == len(ids) and \
+                    np.array_equal(ga[:, 0].reshape(len(ys), len(xs)),
+                                   np.broadcast_to(ys[:, None], (len(ys), len(xs)))) and \
+                    np.array_equal(ga[:, 1].reshape(len(ys), len(xs)),
+                                   np.broadcast_to(xs[None, :], (len(ys), len(xs)))):
+                group["grid"] = (ys, xs, ids.reshape(len(ys), len(xs)))
+            self.groups.append(group)
+
+    def touching(self, boxes, min_iou=0.0):
+        """Sorted unique ids of the anchors that may have IoU > 0 (and >= ``min_iou``)
+        with one of ``boxes`` [N, 4]: a superset, edges touching included."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        found = []
+        bh = boxes[:, 2] - boxes[:, 0]
+        bw = boxes[:, 3] - boxes[:, 1]
+        eps = 1e-2
+        for g in self.groups:
+            todo = np.ones(len(boxes), bool)
+            if min_iou > 0:
+                # IoU <= best possible intersection / smallest possible union.
+                inter = np.minimum(bh, g["hmax"]) * np.minimum(bw, g["wmax"])
+                union = g["amin"] + bh * bw - inter
+                todo = inter >= (min_iou - 1e-3) * np.maximum(union, 1e-12)
+                if not todo.any():
+                    continue
+            sel = boxes[todo]
+            if g["grid"] is not None:
+                ys, xs, grid = g["grid"]
+                r0 = np.searchsorted(ys, sel[:, 0] - g["hmax"] - eps, side="left")
+                r1 = np.searchsorted(ys, sel[:, 2] + eps, side="right")
+                c0 = np.searchsorted(xs, sel[:, 1] - g["wmax"] - eps, side="left")
+                c1 = np.searchsorted(xs, sel[:, 3] + eps, side="right")
+                for i in np.flatnonzero((r1 > r0) & (c1 > c0)):
+                    found.append(grid[r0[i]:r1[i], c0[i]:c1[i]].reshape(-1))
+            else:
+                lo = np.searchsorted(g["tops"], sel[:, 0] - g["hmax"] - eps, side="left")
+                hi = np.searchsorted(g["tops"], sel[:, 2] + eps, side="right")
+                for i in np.flatnonzero(hi > lo):
+                    y1, x1, y2, x2 = sel[i]
+                    band = g["a"][lo[i]:hi[i]]
+                    ok = (band[:, 2] >= y1 - eps) & (band[:, 1] <= x2 + eps) & \
+                         (band[:, 3] >= x1 - eps)
+                    found.append(g["ids"][lo[i]:hi[i]][ok])
+        if not found:
+            return np.zeros((0,), np.int64)
+        return np.unique(np.concatenate(found))
+
+
+_ANCHOR_INDEX: dict = {}
+
+
+def _anchor_index(anchors):
+    """The (cached) _AnchorIndex of an anchors array; get_anchors returns cached arrays."""
+    key = id(anchors)
+    hit = _ANCHOR_INDEX.get(key)
+    if hit is not None and hit[0] is anchors:
+        return hit[1]
+    index = _AnchorIndex(anchors)
+    if len(_ANCHOR_INDEX) >= 8:
+        _ANCHOR_INDEX.clear()
+    _ANCHOR_INDEX[key] = (anchors, index)  # holding the array keeps its id unique
+    return index
+
+
 def build_rpn_targets(anchors, gt_class_ids, gt_boxes, config, rng=None):
     """Which anchors are objects, and their box deltas (matterport's rules).
 
@@ -332,35 +454,72 @@ def build_rpn_targets(anchors, gt_class_ids, gt_boxes, config, rng=None):
     Returns rpn_match [A] int32 (1 positive, -1 negative, 0 neutral) and
     rpn_bbox [RPN_TRAIN_ANCHORS_PER_IMAGE, 4] deltas of the positives (zero padded),
     already divided by RPN_BBOX_STD_DEV.
+
+    IoUs are computed only for the anchors that can matter: those whose size allows an
+    IoU of 0.3 with a GT box and that touch it, plus, for a box no anchor reaches 0.3
+    with, the anchors touching it. The result is the same as from the full [A, N] IoU
+    matrix, which at 1024 px (261,888 anchors) cost most of the loader's time.
     """
     rng = rng if rng is not None else np.random.default_rng()
-    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
+    anchors = np.asarray(anchors)
+    gt_class_ids = np.asarray(gt_class_ids)
+    gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
+    num_anchors = anchors.shape[0]
+    rpn_match = np.zeros([num_anchors], dtype=np.int32)
     rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4), dtype=np.float32)
+    index = _anchor_index(anchors) if num_anchors else None
 
     # Crowd boxes (negative class ids) may not be negatives but are never targets.
     crowd_ix = np.where(gt_class_ids < 0)[0]
     if crowd_ix.shape[0] > 0:
+        no_crowd_bool = np.ones([num_anchors], dtype=bool)
         non_crowd_ix = np.where(gt_class_ids > 0)[0]
-        crowd_overlaps = compute_overlaps(anchors, gt_boxes[crowd_ix])
-        no_crowd_bool = np.amax(crowd_overlaps, axis=1) < 0.001
+        near = index.touching(gt_boxes[crowd_ix])
+        if near.size:
+            crowd_overlaps = compute_overlaps(anchors[near], gt_boxes[crowd_ix])
+            no_crowd_bool[near] = np.amax(crowd_overlaps, axis=1) < 0.001
         gt_class_ids = gt_class_ids[non_crowd_ix]
         gt_boxes = gt_boxes[non_crowd_ix]
-    else:
-        no_crowd_bool = np.ones([anchors.shape[0]], dtype=bool)
 
-    if gt_boxes.shape[0] == 0:
-        # No objects: every anchor away from crowds is a candidate negative.
+    anchor_iou_argmax = np.zeros([num_anchors], dtype=np.intp)
+    if crowd_ix.shape[0] > 0:
         rpn_match[no_crowd_bool] = -1
     else:
-        overlaps = compute_overlaps(anchors, gt_boxes)  # [A, N]
-        anchor_iou_argmax = np.argmax(overlaps, axis=1)
-        anchor_iou_max = overlaps[np.arange(overlaps.shape[0]), anchor_iou_argmax]
-        rpn_match[(anchor_iou_max < 0.3) & no_crowd_bool] = -1
+        rpn_match[:] = -1
+    # Every anchor starts as a negative (away from crowds). Only the anchors that can
+    # reach IoU 0.3 with some GT box (a few thousand of 261,888 at 1024 px) get exact
+    # IoUs; all others are below 0.3 with every box and stay negatives.
+    if gt_boxes.shape[0]:
+        near = index.touching(gt_boxes, min_iou=0.3)
+        overlaps = compute_overlaps(anchors[near], gt_boxes)  # [A_near, N]
+        if near.size:
+            arg = np.argmax(overlaps, axis=1)
+            anchor_iou_argmax[near] = arg
+            near_max = overlaps[np.arange(near.shape[0]), arg]
+            rpn_match[near[near_max >= 0.3]] = 0
         # Every GT box gets its best anchor(s) as positives, whatever the IoU.
-        gt_iou_max = np.max(overlaps, axis=0)
-        best = np.argwhere((overlaps == gt_iou_max[None]) & (gt_iou_max[None] > 0))[:, 0]
-        rpn_match[best] = 1
-        rpn_match[anchor_iou_max >= 0.7] = 1
+        gt_iou_max = (np.max(overlaps, axis=0) if near.size
+                      else np.zeros((gt_boxes.shape[0],), np.float32))
+        best = [near[np.flatnonzero((overlaps[:, j] == gt_iou_max[j]) & (gt_iou_max[j] > 0))]
+                for j in np.flatnonzero(gt_iou_max >= 0.3)]
+        for j in np.flatnonzero(gt_iou_max < 0.3):
+            # A small (or oddly shaped) box: its best anchor may be anywhere it touches.
+            cand = index.touching(gt_boxes[j:j + 1])
+            if not cand.size:
+                continue
+            col = compute_overlaps(anchors[cand], gt_boxes[j:j + 1])[:, 0]
+            top = col.max()
+            if top > 0:
+                hit = cand[col == top]
+                best.append(hit)
+                # Its positives' GT is the best of their row, as matterport does.
+                row = compute_overlaps(anchors[hit], gt_boxes)
+                outside = ~np.isin(hit, near)
+                anchor_iou_argmax[hit[outside]] = np.argmax(row[outside], axis=1)
+        if best:
+            rpn_match[np.concatenate(best)] = 1
+        if near.size:
+            rpn_match[near[near_max >= 0.7]] = 1
 
     # Balance: at most half positives, negatives fill up to the total.
     ids = np.where(rpn_match == 1)[0]
