@@ -79,4 +79,4 @@ def test_model_trains_and_detects_on_backend(backend, tmp_path, monkeypatch):
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1
     assert sorted(p.name for p in runs[0].glob("*.h5")) == [
-        "mask_rcnn_smoke_0001.h5", "mask_rcnn_smoke_0002.h5"]
+        "mask_rcnn_smoke_0001.h5", "mask_rcnn_smoke_0002.h5", "mask_rcnn_smoke_best.h5"]
