@@ -26,6 +26,7 @@ _LAZY = {
     "export": ("colabrcnn.export", None),
     "train": ("colabrcnn.train", None),
     "memory": ("colabrcnn.memory", None),
+    "distribute": ("colabrcnn.distribute", None),
     "demo": ("colabrcnn.demo", None),
 }
 

@@ -35,6 +35,11 @@ class Config:
 
     # GPUs to use and images per GPU. matterport trains 2 images of 1024x1024 on a
     # 12 GB GPU; on Colab's T4 use colabrcnn's memory levers instead of guessing.
+    # Each global batch is IMAGES_PER_GPU * GPU_COUNT images, split across the devices
+    # (data parallel: JAX keras.distribution, TF tf.distribute; see colabrcnn.distribute).
+    # "auto": every accelerator the Keras backend finds (1 on a CPU-only machine),
+    # resolved when the MaskRCNN is built, not here (Config() imports no backend); until
+    # then BATCH_SIZE counts one device. Kaggle's "GPU T4 x2" -> 2; a TPU -> its cores.
     GPU_COUNT = 1
     IMAGES_PER_GPU = 2
 
@@ -179,7 +184,10 @@ class Config:
         self.BBOX_STD_DEV = np.asarray(self.BBOX_STD_DEV, dtype=np.float32)
         self.validate()
 
-        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        # GPU_COUNT="auto" counts one device until a model resolves it
+        # (colabrcnn.distribute.resolve_gpu_count updates BATCH_SIZE then).
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * (1 if self.GPU_COUNT == "auto"
+                                                 else self.GPU_COUNT)
         if self.IMAGE_RESIZE_MODE == "crop":
             side = self.IMAGE_MIN_DIM
         else:
@@ -201,7 +209,11 @@ class Config:
             need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
                  f"{name} must be a positive integer, got {v!r}.")
 
-        for name in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_STEPS",
+        if self.GPU_COUNT != "auto":
+            need(isinstance(self.GPU_COUNT, (int, np.integer))
+                 and not isinstance(self.GPU_COUNT, bool) and self.GPU_COUNT >= 1,
+                 f"GPU_COUNT must be a positive integer or 'auto', got {self.GPU_COUNT!r}.")
+        for name in ("IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_STEPS",
                      "NUM_CLASSES", "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE",
                      "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
                      "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",

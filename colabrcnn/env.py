@@ -397,6 +397,8 @@ def describe(facts):
                      f"({_format_bytes(d.get('memory_bytes'))})")
     if not facts.get("devices"):
         lines.append("  none found")
+    from .distribute import describe_plan  # pure, imports no backend
+    lines.append(f"Distribution: {describe_plan(facts.get('backend'), facts.get('devices'))}")
     return lines
 
 

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from .. import distribute
 from .. import train as train_lib
 from .. import utils
 from ..config import LOSS_NAMES
@@ -107,7 +108,9 @@ class TrainingModel(keras.Model):
 
     Adds matterport's L2 weight decay (sum of w^2 / size(w) over trainable weights
     except BatchNorm gamma/beta) and tracks each loss as a metric so that the
-    progress bar and logs show them under matterport's names.
+    progress bar and logs show them under matterport's names. Under tf.distribute the
+    total is divided by the replica count, as Keras' own compute_loss does
+    (distribute.scale_loss), so that the summed replica gradients are their mean.
     """
 
     def __init__(self, *args, loss_weights=None, weight_decay=0.0, **kwargs):
@@ -126,7 +129,7 @@ class TrainingModel(keras.Model):
                    if w.name not in ("gamma", "beta")]
             if reg:
                 total = total + self.weight_decay * ops.sum(ops.stack(reg))
-        return total
+        return distribute.scale_loss(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for tracker, name in zip(self.loss_trackers, LOSS_NAMES):
@@ -157,14 +160,23 @@ class MaskRCNN:
         self.log_dir = None
         self.checkpoint_path = None
         self.set_log_dir()
+        # Several devices (GPU_COUNT > 1 or "auto"): the backend's distribution engine,
+        # set up before any variable exists (resolves GPU_COUNT="auto" in self.config).
+        self.distribution = distribute.setup(config)
         self._build()
+
+    def scope(self):
+        """Context of this model's distribution (JAX DataParallel / tf.distribute
+        strategy; nothing on one device): create optimizers or call the Keras model's
+        own fit/predict in it. train, detect and compile enter it themselves."""
+        return self.distribution.scope()
 
     def _build(self):
         """(Re)build layers and this mode's graph from self.config."""
         from .. import memory
         # Mixed precision: layers take the dtype policy in force when they are created.
         self.dtype_policy = memory.mixed_precision_policy(self.config)
-        with _dtype_policy(self.dtype_policy):
+        with self.scope(), _dtype_policy(self.dtype_policy):
             self._build_layers()
         self._graphs = {}
         self.keras_model = self._graph(self.mode)
@@ -218,7 +230,7 @@ class MaskRCNN:
 
     def _graph(self, mode):
         if mode not in self._graphs:
-            with _dtype_policy(self.dtype_policy):
+            with self.scope(), _dtype_policy(self.dtype_policy):
                 self._graphs[mode] = self._wire(mode)
         return self._graphs[mode]
 
@@ -369,14 +381,16 @@ class MaskRCNN:
 
     def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1):
         """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``)."""
-        if optimizer is None:
-            optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
-                                                 momentum)
-        jit = "auto"
-        if keras.backend.backend() == "torch":
-            jit = False  # see DESIGN: torch.compile is unreliable here; train eagerly
-        # With a mixed_float16 policy Keras wraps the optimizer in a LossScaleOptimizer.
-        self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
+        with self.scope():  # TF optimizers must be created in the strategy's scope
+            if optimizer is None:
+                optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
+                                                     momentum)
+            optimizer = distribute.optimizer_in_scope(optimizer, self.distribution)
+            jit = "auto"
+            if keras.backend.backend() == "torch":
+                jit = False  # see DESIGN: torch.compile is unreliable here; train eagerly
+            # With a mixed_float16 policy Keras wraps the optimizer in a LossScaleOptimizer.
+            self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
@@ -400,9 +414,11 @@ class MaskRCNN:
         attempts = 0
         while True:
             try:
-                return self._train(train_dataset, val_dataset, learning_rate, epochs, layers,
-                                   augmentation, custom_callbacks, no_augmentation_sources,
-                                   resume, optimizer, verbose, seed)
+                with self.scope():
+                    return self._train(train_dataset, val_dataset, learning_rate, epochs,
+                                       layers, augmentation, custom_callbacks,
+                                       no_augmentation_sources, resume, optimizer, verbose,
+                                       seed)
             except Exception as e:  # noqa: BLE001 - only OOM is handled, others re-raised
                 if not memory.is_oom_error(e):
                     raise
@@ -512,6 +528,11 @@ class MaskRCNN:
         if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard"):
             callbacks.append(keras.callbacks.TensorBoard(self.log_dir, write_graph=False))
         callbacks += list(custom_callbacks or [])
+        if self.distribution.distributed and self.distribution.backend == "tensorflow":
+            # Keras' TF trainer averages a first batch across replicas to build the model
+            # (_maybe_symbolic_build), which fails on bool tensors: send the masks as uint8.
+            train_gen = _BoolAsUint8(train_gen)
+            val_gen = None if val_gen is None else _BoolAsUint8(val_gen)
         return self.keras_model.fit(train_gen, initial_epoch=initial_epoch, epochs=epochs,
                                     validation_data=val_gen, callbacks=callbacks,
                                     verbose=verbose)
@@ -581,7 +602,14 @@ class MaskRCNN:
                 metas = np.concatenate([metas, np.repeat(metas[:1], pad, 0)])
             if verbose:
                 print(f"Processing {len(chunk)} images; molded {molded.shape}")
-            out = model.predict_on_batch({"input_image": molded, "input_image_meta": metas})
+            inputs = {"input_image": molded, "input_image_meta": metas}
+            with self.scope():
+                if self.distribution.distributed:
+                    # predict() splits the batch over the devices (predict_on_batch
+                    # would give every replica the whole batch under tf.distribute).
+                    out = model.predict(inputs, batch_size=bs, verbose=0)
+                else:
+                    out = model.predict_on_batch(inputs)
             det = np.asarray(out["detections"])
             masks = np.asarray(out["mrcnn_mask"])
             for i, image in enumerate(chunk):
@@ -626,6 +654,27 @@ class _Offset(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         return self.base[index + self.start]
+
+    def on_epoch_end(self):
+        self.base.on_epoch_end()
+
+
+class _BoolAsUint8(keras.utils.PyDataset):
+    """``base``'s batches with bool arrays as uint8 (the model casts them back)."""
+
+    def __init__(self, base):
+        super().__init__(workers=getattr(base, "workers", 1),
+                         use_multiprocessing=getattr(base, "use_multiprocessing", False),
+                         max_queue_size=getattr(base, "max_queue_size", 10))
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        return keras.tree.map_structure(
+            lambda a: a.astype(np.uint8) if getattr(a, "dtype", None) == bool else a,
+            self.base[index])
 
     def on_epoch_end(self):
         self.base.on_epoch_end()
