@@ -394,7 +394,8 @@ class MaskRCNN:
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
-              resume="auto", on_oom="raise", optimizer=None, verbose=1, seed=None):
+              resume="auto", on_oom="raise", optimizer=None, verbose=1, seed=None,
+              cache="ram", workers=2, use_multiprocessing=False, cache_dir=None):
         """Train up to epoch ``epochs`` (counted from where the last run stopped).
 
         layers: "heads", "3+", "4+", "5+", "all" or a regular expression of layer names.
@@ -404,6 +405,11 @@ class MaskRCNN:
         on_oom: "raise" turns out-of-memory into GPUMemoryError listing what to change;
             "reduce" halves IMAGES_PER_GPU (doubling gradient accumulation), rebuilds
             and continues from the last checkpoint.
+        augmentation: an albumentations pipeline, a callable(image, masks, class_ids) or
+            None; not applied to images of ``no_augmentation_sources``.
+        cache: "ram", "disk" or None: decoded, resized images are kept so that epochs
+            after the first decode nothing (see colabrcnn.data.loader).
+        workers / use_multiprocessing: loader threads (default) or processes.
         Returns the Keras History of the last fit (None if nothing was left to do).
         """
         from .. import memory
@@ -418,16 +424,16 @@ class MaskRCNN:
                     return self._train(train_dataset, val_dataset, learning_rate, epochs,
                                        layers, augmentation, custom_callbacks,
                                        no_augmentation_sources, resume, optimizer, verbose,
-                                       seed)
+                                       seed, dict(cache=cache, cache_dir=cache_dir,
+                                                  workers=workers,
+                                                  use_multiprocessing=use_multiprocessing))
             except Exception as e:  # noqa: BLE001 - only OOM is handled, others re-raised
                 if not memory.is_oom_error(e):
                     raise
                 if on_oom == "reduce" and attempts < 4 and optimizer is None:
                     attempts += 1
-                    new = memory.reduced_config(self.config)
-                    print(f"Out of GPU memory: retrying with IMAGES_PER_GPU="
-                          f"{new.IMAGES_PER_GPU}, GRADIENT_ACCUMULATION_STEPS="
-                          f"{new.GRADIENT_ACCUMULATION_STEPS} from the last checkpoint.")
+                    new, why = memory.reduced_config(self.config, layers, explain=True)
+                    print(f"Out of GPU memory: {why} Continuing from the last checkpoint.")
                     self.config = new
                     log_dir, epoch = self.log_dir, self.epoch
                     self._build()
@@ -458,7 +464,7 @@ class MaskRCNN:
 
     def _train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
                augmentation, custom_callbacks, no_augmentation_sources, resume, optimizer,
-               verbose, seed):
+               verbose, seed, loader_options=None):
         from ..data.loader import DataGenerator
         c = self.config
         path, done, step = self._resume_point(resume)
@@ -486,12 +492,25 @@ class MaskRCNN:
             if verbose and restored != "all":
                 print(f"Optimizer state restored: {restored} (trained layers changed?)")
 
+        options = loader_options or {}
         train_gen = DataGenerator(train_dataset, c, shuffle=True, augmentation=augmentation,
-                                  seed=seed, steps=c.STEPS_PER_EPOCH)
+                                  seed=seed, steps=c.STEPS_PER_EPOCH,
+                                  no_augmentation_sources=no_augmentation_sources, **options)
         val_gen = None
         if val_dataset is not None:
             val_gen = DataGenerator(val_dataset, c, shuffle=True, seed=seed,
-                                    steps=c.VALIDATION_STEPS)
+                                    steps=c.VALIDATION_STEPS, **options)
+        try:
+            return self._run_epochs(train_gen, val_gen, step, epochs, layers, learning_rate,
+                                    custom_callbacks, verbose)
+        finally:  # free the RAM cache and shared-memory folders of the loader
+            for gen in (train_gen, val_gen):
+                if gen is not None and hasattr(gen, "close"):
+                    gen.close()
+
+    def _run_epochs(self, train_gen, val_gen, step, epochs, layers, learning_rate,
+                    custom_callbacks, verbose):
+        c = self.config
         os.makedirs(self.log_dir, exist_ok=True)
         with open(os.path.join(self.log_dir, "config.json"), "w") as f:
             f.write(c.to_json())
@@ -533,9 +552,11 @@ class MaskRCNN:
             # (_maybe_symbolic_build), which fails on bool tensors: send the masks as uint8.
             train_gen = _BoolAsUint8(train_gen)
             val_gen = None if val_gen is None else _BoolAsUint8(val_gen)
+        # shuffle=False: the generator shuffles itself, seeded (Keras would reorder the
+        # batches with Python's global random).
         return self.keras_model.fit(train_gen, initial_epoch=initial_epoch, epochs=epochs,
                                     validation_data=val_gen, callbacks=callbacks,
-                                    verbose=verbose)
+                                    verbose=verbose, shuffle=False)
 
     # ------------------------------------------------------------------ inference
     def mold_inputs(self, images):
