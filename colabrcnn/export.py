@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import os
 
+import keras
+
 from .config import Config
+from .distribute import DeviceSetup
 from .errors import ConfigError
 from .model.maskrcnn import MaskRCNN
 
@@ -115,6 +118,9 @@ class ExportedModel(MaskRCNN):
         self.checkpoint_path = None
         self.keras_model = keras_model
         self._graphs = {"inference": keras_model}
+        self._optimizer_state = None
+        # A loaded graph runs on one device (it was not built under a distribution).
+        self.distribution = DeviceSetup(keras.backend.backend(), "single", 1)
         want = tuple(int(v) for v in self._image_shape("inference"))
         inputs = {t.name.split(":")[0]: t for t in keras_model.inputs}
         image = inputs.get("input_image", keras_model.inputs[0])
