@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 
-import keras
 from keras import ops
 
 from colabrcnn import Config, utils
