@@ -55,9 +55,9 @@ def _demo_arguments(parser):
 
 def _demo_run(args):
     from .demo import run_demo
-    metrics = run_demo(out_dir=args.out, epochs=args.epochs, train_images=args.train_images,
-                       val_images=args.val_images, seed=args.seed)
-    return 0 if metrics["mask_AP50"] > 0 else 1
+    run_demo(out_dir=args.out, epochs=args.epochs, train_images=args.train_images,
+             val_images=args.val_images, seed=args.seed)
+    return 0
 
 
 # ------------------------------------------------------------------- train
