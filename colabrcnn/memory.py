@@ -876,7 +876,7 @@ def fit_to_gpu(config, layers="all", memory=None, measure=True, verbose=True, gp
         except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
             if not is_oom_error(e):
                 raise
-            _free_memory()
+            free_memory()
             say(f"Trial steps ran out of memory on {gpu_name} with the estimate at "
                 f"{_estimate(cfg, ctx) / GiB:.1f} GiB: applying the next lever.")
             step = _next_lever(cfg, ctx, start)
@@ -957,7 +957,7 @@ def _same_gpu(a, b):
     return key is not None and key == _preset_key(b)
 
 
-def _free_memory():
+def free_memory():
     try:
         if "keras" in sys.modules:
             sys.modules["keras"].backend.clear_session()
@@ -966,18 +966,20 @@ def _free_memory():
     gc.collect()
 
 
-def _reset_peak():
-    """Reset the backend's peak-memory counter; returns a baseline for JAX (whose peak
-    cannot be reset)."""
+def reset_peak_memory():
+    """Reset the backend's peak-memory counter (no-op without a GPU); returns a baseline
+    for JAX, whose peak cannot be reset."""
     import keras
     backend = keras.backend.backend()
     try:
         if backend == "tensorflow":
             import tensorflow as tf
-            tf.config.experimental.reset_memory_stats("GPU:0")
+            if tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.reset_memory_stats("GPU:0")
         elif backend == "torch":
             import torch
-            torch.cuda.reset_peak_memory_stats()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
         elif backend == "jax":
             import jax
             return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
@@ -986,25 +988,27 @@ def _reset_peak():
     return None
 
 
-def _read_peak(baseline=None):
+def read_peak_memory(baseline=None):
+    """Peak device memory in bytes since ``reset_peak_memory`` (None without a GPU)."""
     import keras
     backend = keras.backend.backend()
     try:
         if backend == "tensorflow":
             import tensorflow as tf
-            return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
-        if backend == "torch":
+            if tf.config.list_physical_devices("GPU"):
+                return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        elif backend == "torch":
             import torch
-            return int(torch.cuda.max_memory_allocated())
-        if backend == "jax":
+            if torch.cuda.is_available():
+                return int(torch.cuda.max_memory_allocated())
+        elif backend == "jax":
             import jax
             peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
             # A JAX peak is for the whole process: only trust it if this trial set it.
-            if peak is None or (baseline is not None and peak <= baseline):
-                return None
-            return int(peak)
+            if peak is not None and (baseline is None or peak > baseline):
+                return int(peak)
     except Exception:
-        return None
+        pass
     return None
 
 
@@ -1017,8 +1021,8 @@ def measure_training_step(config, layers="all", steps=2):
     from .data.shapes import shapes
     from .model.maskrcnn import MaskRCNN
 
-    _free_memory()
-    baseline = _reset_peak()
+    free_memory()
+    baseline = reset_peak_memory()
     cfg = config
     with tempfile.TemporaryDirectory() as tmp:
         model = MaskRCNN("training", cfg, model_dir=tmp)
@@ -1032,10 +1036,10 @@ def measure_training_step(config, layers="all", steps=2):
             for _ in range(steps):
                 logs = model.keras_model.train_on_batch(batch, return_dict=True)
             float(logs["loss"])   # wait for the device
-            return _read_peak(baseline)
+            return read_peak_memory(baseline)
         finally:
             del model
-            _free_memory()
+            free_memory()
 
 
 # =============================================================================

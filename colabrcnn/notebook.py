@@ -534,57 +534,6 @@ class timer:
         return False
 
 
-def _reset_peak():
-    import keras
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-            if tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.reset_memory_stats("GPU:0")
-        elif backend == "torch":
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-        elif backend == "jax":
-            import jax
-            return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-    except Exception:
-        pass
-    return None
-
-
-def _read_peak(baseline):
-    import keras
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-            if tf.config.list_physical_devices("GPU"):
-                return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
-        elif backend == "torch":
-            import torch
-            if torch.cuda.is_available():
-                return int(torch.cuda.max_memory_allocated())
-        elif backend == "jax":
-            import jax
-            peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-            # JAX's peak cannot be reset: trust it only when this trial raised it.
-            if peak is not None and (baseline is None or peak > baseline):
-                return int(peak)
-    except Exception:
-        pass
-    return None
-
-
-def _free():
-    import gc
-
-    import keras
-    keras.backend.clear_session()
-    gc.collect()
-
-
 def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
     """Train ``config`` for ``warmup`` + ``steps`` steps on synthetic shapes at its image
     size and measure it. Returns {"peak_bytes" (None without a GPU), "step_seconds",
@@ -602,9 +551,9 @@ def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
 
     out = {"peak_bytes": None, "step_seconds": None, "images_per_second": None,
            "status": "ok"}
-    _free()
+    memory.free_memory()
     keras.utils.set_random_seed(seed)
-    baseline = _reset_peak()
+    baseline = memory.reset_peak_memory()
     model = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -626,7 +575,7 @@ def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
             seconds = (time.time() - start) / max(1, steps)
             out["step_seconds"] = seconds
             out["images_per_second"] = config.BATCH_SIZE / seconds if seconds else None
-            out["peak_bytes"] = _read_peak(baseline)
+            out["peak_bytes"] = memory.read_peak_memory(baseline)
     except Exception as e:  # noqa: BLE001 - one lever failing must not end the table
         if memory.is_oom_error(e):
             out["status"] = "out of memory"
@@ -635,7 +584,7 @@ def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
             out["status"] = f"error: {type(e).__name__}: {first}"
     finally:
         del model
-        _free()
+        memory.free_memory()
     return out
 
 
