@@ -11,6 +11,9 @@ from .config import Config  # noqa: E402
 from .errors import (AnnotationError, ColabRCNNError, ConfigError,  # noqa: E402
                      GPUMemoryError, WeightsError)
 from .data.dataset import Dataset  # noqa: E402
+from .logs import configure as _configure_logging  # noqa: E402
+
+_configure_logging()
 
 _LAZY = {
     "MaskRCNN": ("colabrcnn.model.maskrcnn", "MaskRCNN"),
