@@ -50,5 +50,16 @@ class GPUMemoryError(ColabRCNNError, MemoryError):
         super().__init__(message)
 
 
+class NotProvidedError(ColabRCNNError, AttributeError):
+    """A name of matterport's ``mrcnn`` modules that colabrcnn deliberately does not
+    provide; the message says why and what to use instead (README, "Migrating from
+    matterport"). An AttributeError, so ``hasattr`` stays False."""
+
+    def __init__(self, module: str, name: str, why: str):
+        self.module = module
+        self.name = name
+        super().__init__(f"{module}.{name} (matterport's) is not provided here: {why}")
+
+
 __all__ = ["ColabRCNNError", "ConfigError", "AnnotationError", "WeightsError",
-           "GPUMemoryError"]
+           "GPUMemoryError", "NotProvidedError"]
