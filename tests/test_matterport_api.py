@@ -90,8 +90,7 @@ SIGNATURES = {
                             "no_augmentation_sources=None",
     "model.MaskRCNN.run_graph": "self, images, outputs, image_metas=None",
     "model.MaskRCNN.ancestor": "self, tensor, name, checked=None",
-    "model.MaskRCNN.set_trainable": "self, layer_regex, keras_model=None, indent=0, "
-                                    "verbose=1",
+    "model.MaskRCNN.set_trainable": "self, layer_regex, keras_model=None, indent=0",
     "model.MaskRCNN.set_log_dir": "self, model_path=None",
     "model.MaskRCNN.get_anchors": "self, image_shape",
     "visualize.draw_boxes": "image, boxes=None, refined_boxes=None, masks=None, "
