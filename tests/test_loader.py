@@ -19,7 +19,7 @@ from colabrcnn.data.formats import AnnotatedDataset  # noqa: E402
 from colabrcnn.data.cache import DiskCache, make_cache  # noqa: E402
 from colabrcnn.data.loader import DataGenerator  # noqa: E402
 from colabrcnn.data.sample import (INPUT_NAMES, SampleBuilder,  # noqa: E402
-                                   build_training_sample)
+                                   build_training_sample, pack_masks)
 from colabrcnn.errors import AnnotationError  # noqa: E402
 
 
@@ -576,3 +576,13 @@ def test_load_image_gt_augment_flag_flips_like_matterport(jpeg_path):
         np.testing.assert_array_equal(masks[:, w0:w1], plain[4][:, w0:w1][:, ::-1])
         np.testing.assert_array_equal(boxes, utils.extract_bboxes(masks))
     assert 0 < flips < 8
+
+
+def test_pack_masks_is_packbits_for_any_layout():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 17):
+        m = rng.random((13, 21, n)) < 0.4
+        for layout in (m, np.asfortranarray(m), np.ascontiguousarray(
+                m.transpose(2, 0, 1)).transpose(1, 2, 0), m.astype(np.uint8) * 255):
+            np.testing.assert_array_equal(pack_masks(layout),
+                                          np.packbits(layout != 0, axis=-1, bitorder="little"))
