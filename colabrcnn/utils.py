@@ -23,44 +23,14 @@ _anchor_index = anchor_index
 
 
 # -------------------------------------------------------------- ground truth loading
-def load_image_gt(dataset, config, image_id, augmentation=None, rng=None):
-    """Load, resize and (optionally) augment one image with its instances.
-
-    Returns image [H, W, 3] uint8 at IMAGE_SHAPE, image_meta, class_ids [N] int32,
-    bbox [N, 4] int32 pixels, mask [H, W, N] or mini-mask [h, w, N] bool.
-    ``augmentation`` is a callable(image, masks, class_ids) -> (image, masks, class_ids)
-    applied before resizing (see colabrcnn.data.augment).
-    """
-    image = dataset.load_image(image_id)
-    mask, class_ids = dataset.load_mask(image_id)
-    mask = np.asarray(mask, dtype=bool)
-    class_ids = np.asarray(class_ids, dtype=np.int32)
-    if augmentation is not None:
-        image, mask, class_ids = augmentation(image, mask, class_ids)
-    original_shape = image.shape
-    image, window, scale, padding, crop = resize_image(
-        image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
-        min_scale=config.IMAGE_MIN_SCALE, mode=config.IMAGE_RESIZE_MODE, rng=rng)
-    mask = resize_mask(mask, scale, padding, crop)
-    image = pad_to_shape(image, config.IMAGE_SHAPE)
-    mask = pad_to_shape(mask, config.IMAGE_SHAPE)
-
-    # Drop instances that the crop (or resizing) removed entirely.
-    keep = np.where(np.sum(mask, axis=(0, 1)) > 0)[0]
-    mask = mask[:, :, keep]
-    class_ids = class_ids[keep]
-    bbox = extract_bboxes(mask)
-
-    active_class_ids = np.zeros([config.NUM_CLASSES], dtype=np.int32)
-    source_class_ids = dataset.source_class_ids.get(
-        dataset.image_info[image_id]["source"], list(range(config.NUM_CLASSES)))
-    active_class_ids[[c for c in source_class_ids if c < config.NUM_CLASSES]] = 1
-
-    if config.USE_MINI_MASK:
-        mask = minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
-    image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
-                                    active_class_ids)
-    return image, image_meta, class_ids, bbox, mask
+def __getattr__(name):
+    # load_image_gt is built by the loader's sample builder (colabrcnn/data/sample.py),
+    # which imports this module: re-exported on first use, so neither import needs the
+    # other to have finished.
+    if name == "load_image_gt":
+        from .data.sample import load_image_gt
+        return load_image_gt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------ matterport-style AP
