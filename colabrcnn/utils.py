@@ -18,9 +18,6 @@ from .model.transform import (compose_image_meta, expand_mask, minimize_mask,  #
                               resize_image, resize_mask, resize_scale, scaled_size,
                               unmold_image, unmold_mask)
 
-# Old private name, still used by the data loader's anchor warm-up.
-_anchor_index = anchor_index
-
 
 # -------------------------------------------------------------- ground truth loading
 def __getattr__(name):
