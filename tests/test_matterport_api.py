@@ -109,7 +109,8 @@ def test_signatures_start_with_matterports(dotted):
     obj = importlib.import_module(f"colabrcnn.{module}")
     for a in attrs:
         obj = getattr(obj, a)
-    params = [str(p) for p in inspect.signature(obj).parameters.values()
+    params = [p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+              for p in inspect.signature(obj).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     want = [p.strip() for p in SIGNATURES[dotted].split(",")]
     assert params[:len(want)] == want

@@ -14,8 +14,9 @@ from collections import OrderedDict
 import keras
 import numpy as np
 
-from .. import utils
+from ..boxes import norm_boxes
 from ..errors import ConfigError
+from .anchors import get_anchors
 from .matterport import log
 
 
@@ -27,7 +28,7 @@ class InspectionMixin:
     def anchors(self):
         last = self.__dict__.get("_last_anchors")
         if last is None:
-            last = utils.get_anchors(self.config, self._image_shape("inference"))
+            last = get_anchors(self.config, self._image_shape("inference"))
         return last
 
     @anchors.setter
@@ -37,9 +38,9 @@ class InspectionMixin:
     def get_anchors(self, image_shape):
         """Normalized anchors [A, (y1, x1, y2, x2)] for an image shape (P2 first);
         ``self.anchors`` holds them in pixels."""
-        pixels = utils.get_anchors(self.config, image_shape)
+        pixels = get_anchors(self.config, image_shape)
         self.anchors = pixels
-        return utils.norm_boxes(pixels, tuple(image_shape)[:2])
+        return norm_boxes(pixels, tuple(image_shape)[:2])
 
     # ------------------------------------------------------------------ layers
     def find_trainable_layer(self, layer):

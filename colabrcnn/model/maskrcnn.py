@@ -31,9 +31,11 @@ from ..errors import ConfigError, WeightsError
 from . import transform
 from .anchors import compute_backbone_shapes, get_anchors
 from .backbone import resnet_graph
+from .byname import ByNameModel
 from .detection import DetectionLayer
 from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
+from .inspection import InspectionMixin
 from .layers import ActiveClassIds, DetectionBoxes, MetaWindow, NormBoxes
 from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
@@ -45,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- training model
-class TrainingModel(keras.Model):
+class TrainingModel(ByNameModel):
     """The training graph: its outputs are the five losses; compute_loss sums them.
 
     Adds matterport's L2 weight decay (sum of w^2 / size(w) over trainable weights
@@ -80,7 +82,7 @@ class TrainingModel(keras.Model):
 
 
 # -------------------------------------------------------------------------- MaskRCNN
-class MaskRCNN:
+class MaskRCNN(InspectionMixin):
     """Mask R-CNN with matterport's API.
 
     mode: "training" or "inference"; config: a colabrcnn.Config; model_dir: where run
@@ -271,7 +273,7 @@ class MaskRCNN:
                                      c.DETECTION_MAX_INSTANCES)
         masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
                                   dtype="float32")(mask_logits)
-        return keras.Model(
+        return ByNameModel(
             [input_image, input_meta],
             {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
              "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,

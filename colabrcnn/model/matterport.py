@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import utils
 from ..errors import ConfigError
+from .anchors import build_rpn_targets as _build_rpn_targets
 
 
 def log(text, array=None):
@@ -29,13 +29,13 @@ def log(text, array=None):
 
 
 def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config):
-    """matterport's signature for :func:`colabrcnn.utils.build_rpn_targets`.
+    """matterport's signature for :func:`colabrcnn.model.anchors.build_rpn_targets`.
 
     image_shape is unused (as in matterport). Returns rpn_match [A] int32 (1 positive,
     -1 negative, 0 neutral) and rpn_bbox [RPN_TRAIN_ANCHORS_PER_IMAGE, 4] deltas of the
     positive anchors divided by RPN_BBOX_STD_DEV.
     """
-    return utils.build_rpn_targets(anchors, gt_class_ids, gt_boxes, config)
+    return _build_rpn_targets(anchors, gt_class_ids, gt_boxes, config)
 
 
 def data_generator(dataset, config, shuffle=True, augment=False, augmentation=None,

@@ -9,12 +9,14 @@ matterport's names. ``colabrcnn.model`` re-exports all of them.
 """
 from __future__ import annotations
 
+import math
+
 from keras import ops
 
 from ..errors import ConfigError
 from .backbone import bottleneck_block
-from .backbone import build_rpn_model as _build_rpn_model
 from .backbone import resnet_graph as _resnet_graph
+from .rpn import build_rpn_model as _build_rpn_model
 
 
 # ------------------------------------------------------------------------ boxes
@@ -33,6 +35,7 @@ def apply_box_deltas_graph(boxes, deltas):
 
 def clip_boxes_graph(boxes, window):
     """Clip boxes [N, 4] to window [4] (y1, x1, y2, x2)."""
+    window = ops.cast(window, boxes.dtype)
     wy1, wx1, wy2, wx2 = window[0], window[1], window[2], window[3]
     y1 = ops.maximum(ops.minimum(boxes[:, 0], wy2), wy1)
     x1 = ops.maximum(ops.minimum(boxes[:, 1], wx2), wx1)
@@ -95,7 +98,7 @@ def denorm_boxes_graph(boxes, shape):
 
 def log2_graph(x):
     """Base-2 logarithm."""
-    return ops.log(x) / ops.log(2.0)
+    return ops.log(x) / math.log(2.0)
 
 
 def parse_image_meta_graph(meta):
@@ -113,7 +116,7 @@ def parse_image_meta_graph(meta):
 def smooth_l1_loss(y_true, y_pred):
     """Element-wise smooth-L1: 0.5 d^2 where |d| < 1, else |d| - 0.5."""
     diff = ops.abs(y_true - y_pred)
-    less_than_one = ops.cast(diff < 1.0, "float32")
+    less_than_one = ops.cast(diff < 1.0, diff.dtype)
     return less_than_one * 0.5 * diff ** 2 + (1 - less_than_one) * (diff - 0.5)
 
 
