@@ -25,18 +25,9 @@ from .checkpoint import (STATE_GROUP, checkpoint_path,  # noqa: F401 (re-exporte
                          prune_checkpoints, read_state, restore_optimizer, save_checkpoint)
 from .data.loader import DataGenerator
 from .errors import ConfigError
+from .model.spec import LAYER_REGEX
 
 logger = logging.getLogger(__name__)
-
-# matterport's layer-selection presets (regular expressions over layer names).
-LAYER_REGEX = {
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "all": ".*",
-}
-
 
 
 # ----------------------------------------------------------------- layer selection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..utils import compute_overlaps_masks, extract_bboxes
+from ..boxes import compute_overlaps_masks, extract_bboxes
 from .ap import compute_ap
 from .common import class_name, split_crowd
 

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from ..utils import compute_overlaps_masks, extract_bboxes
+from ..boxes import compute_overlaps_masks, extract_bboxes
 from .common import detect_stream, select_ids, split_crowd
 
 logger = logging.getLogger(__name__)

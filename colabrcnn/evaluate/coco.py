@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ..utils import extract_bboxes
+from ..boxes import extract_bboxes
 from .common import detect_stream, progress, select_ids, split_crowd, write_json
 
 logger = logging.getLogger(__name__)

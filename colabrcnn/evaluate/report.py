@@ -10,7 +10,7 @@ import urllib.parse
 import numpy as np
 
 from .. import visualize
-from ..utils import extract_bboxes
+from ..boxes import extract_bboxes
 from .analysis import analyze_errors, summarize_errors, worst_images
 from .coco import (category_names, compute_metrics, format_metrics, ground_truth_annotations,
                    make_coco, result_annotations)
