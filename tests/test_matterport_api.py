@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def migration_table():
     """(module, name, status) for every row of the README's migration tables."""
-    text = open(os.path.join(REPO, "README.md"), encoding="utf8").read()
+    with open(os.path.join(REPO, "README.md"), encoding="utf8") as f:
+        text = f.read()
     section = text.split("## Migrating from matterport", 1)[1].split("\n## ", 1)[0]
     rows = []
     module = None
@@ -243,3 +244,115 @@ def test_build_rpn_targets_with_matterports_signature():
     refined = utils.apply_box_deltas(anchors[positives],
                                      bbox[:len(positives)] * config.RPN_BBOX_STD_DEV)
     assert utils.compute_overlaps(refined, gt_boxes).max(1).min() > 0.99
+
+
+# --------------------------------------------------------------- model-level names
+def _layer_weights(keras_model, name):
+    from matterport_fixtures import find_layer
+    return [np.array(w) for w in find_layer(keras_model, name).get_weights()]
+
+
+def test_keras_model_weight_files_are_by_name_whatever_the_suffix(tmp_path):
+    """keras_model.save_weights('x.h5') writes matterport's by-name layout (the file
+    MaskRCNN.save_weights writes); '.weights.h5' too; both load by name into the other
+    mode's model. A Keras 3 positional '.weights.h5' loads into the graph that wrote it."""
+    import h5py
+    import keras
+    from tiny_model import tiny_model
+
+    train = tiny_model(tmp_path, seed=1, mode="training", IMAGES_PER_GPU=1)
+    infer = tiny_model(tmp_path, seed=2, IMAGES_PER_GPU=1)
+    want = _layer_weights(train.keras_model, "mrcnn_class_logits")
+    assert not np.array_equal(want[0], _layer_weights(infer.keras_model,
+                                                      "mrcnn_class_logits")[0])
+    for name in ("x.h5", "x.weights.h5"):
+        path = str(tmp_path / name)
+        train.keras_model.save_weights(path)
+        with h5py.File(path, "r") as f:
+            names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+        assert "conv1" in names and "mrcnn_class_logits" in names and "rpn_model" in names
+        fresh = tiny_model(tmp_path, seed=3, IMAGES_PER_GPU=1)
+        fresh.load_weights(path, by_name=True)
+        for got, w in zip(_layer_weights(fresh.keras_model, "mrcnn_class_logits"), want):
+            np.testing.assert_array_equal(got, w)
+        # ... and through the Keras model itself, by name.
+        fresh = tiny_model(tmp_path, seed=4, IMAGES_PER_GPU=1)
+        fresh.keras_model.load_weights(path)
+        np.testing.assert_array_equal(
+            _layer_weights(fresh.keras_model, "mrcnn_class_logits")[0], want[0])
+    train.save_weights(str(tmp_path / "ours.h5"))
+    with h5py.File(str(tmp_path / "ours.h5"), "r") as a, \
+            h5py.File(str(tmp_path / "x.h5"), "r") as b:
+        assert list(a.attrs["layer_names"]) == list(b.attrs["layer_names"])
+
+    # A positional Keras 3 file (keras.Model's own writer), from the training graph.
+    positional = str(tmp_path / "pos.weights.h5")
+    keras.Model.save_weights(train.keras_model, positional)
+    fresh = tiny_model(tmp_path, seed=5, IMAGES_PER_GPU=1)
+    fresh.load_weights(positional, by_name=True)
+    np.testing.assert_array_equal(
+        _layer_weights(fresh.keras_model, "mrcnn_class_logits")[0], want[0])
+    from colabrcnn.errors import WeightsError
+    with pytest.raises(WeightsError, match="exclude"):
+        fresh.load_weights(positional, by_name=True, exclude=["mrcnn_mask"])
+
+
+def test_detect_molded_build_and_data_generator(tmp_path, capsys):
+    import colabrcnn.model as modellib
+    from colabrcnn.data import shapes
+    from tiny_model import tiny_model
+
+    model = tiny_model(tmp_path, IMAGES_PER_GPU=1)
+    config = model.config
+    dataset = shapes(3, size=64, seed=0)
+    image, image_meta, class_ids, bbox, mask = modellib.load_image_gt(dataset, config, 0)
+    assert mask.shape[:2] == (64, 64)                   # full size by default
+    molded = np.expand_dims(modellib.mold_image(image, config), 0)
+    r = model.detect_molded(molded, np.expand_dims(image_meta, 0), verbose=1)[0]
+    k = len(r["class_ids"])
+    assert r["rois"].shape == (k, 4) and r["masks"].shape == (64, 64, k)
+    # Same network, same image: detect() on the raw image agrees (no resizing at 64).
+    r2 = model.detect([image])[0]
+    np.testing.assert_array_equal(r["rois"], r2["rois"])
+    assert "molded_images" in capsys.readouterr().out
+
+    keras_model = model.build("inference", config.copy(DETECTION_MAX_INSTANCES=4))
+    assert keras_model is model.keras_model
+    assert model.keras_model.get_layer("mrcnn_detection").output.shape[1] == 4
+
+    gen = modellib.data_generator(dataset, config, shuffle=True, batch_size=2)
+    inputs, outputs = next(gen)
+    gen.close()
+    assert outputs == [] and len(inputs) == 7
+    images, metas, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks = inputs
+    anchors = model.get_anchors(config.IMAGE_SHAPE)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.float32
+    assert metas.shape == (2, config.IMAGE_META_SIZE)
+    assert rpn_match.shape == (2, anchors.shape[0], 1)
+    assert rpn_bbox.shape == (2, config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4)
+    assert gt_class_ids.shape == (2, config.MAX_GT_INSTANCES)
+    assert gt_boxes.shape == (2, config.MAX_GT_INSTANCES, 4)
+    assert gt_masks.shape == (2,) + tuple(config.MINI_MASK_SHAPE) + (config.MAX_GT_INSTANCES,)
+    assert gt_masks.dtype == bool
+    with pytest.raises(Exception, match="random ROIs"):
+        next(modellib.data_generator(dataset, config, random_rois=200))
+
+
+def test_resnet_and_rpn_builders_make_matterports_layers():
+    import keras
+    import colabrcnn.model as modellib
+
+    x = keras.Input((64, 64, 3))
+    c1, c2, c3, c4, c5 = modellib.resnet_graph(x, "resnet50", stage5=False, train_bn=False)
+    assert c5 is None and tuple(c4.shape) == (None, 4, 4, 1024)
+    y = keras.Input((16, 16, 256))
+    out = modellib.identity_block(y, 3, [64, 64, 256], stage=9, block="z")
+    out = modellib.conv_block(out, 3, [64, 64, 256], stage=9, block="y")
+    model = keras.Model(y, out)
+    names = {layer.name for layer in model.layers}
+    assert {"res9z_branch2a", "bn9z_branch2c", "res9y_branch1", "res9y_out"} <= names
+    assert tuple(out.shape) == (None, 8, 8, 256)
+    rpn = modellib.build_rpn_model(1, 3, 256)             # anchor_stride, anchors/loc, depth
+    assert rpn.name == "rpn_model" and rpn.get_layer("rpn_class_raw").filters == 6
+    logits, probs, bbox = modellib.rpn_graph(y, 3, 1)
+    assert tuple(logits.shape) == (None, 16 * 16 * 3, 2) and tuple(bbox.shape)[-1] == 4

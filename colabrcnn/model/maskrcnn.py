@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -321,9 +322,17 @@ class MaskRCNN(InspectionMixin):
         for mode in (self.mode, "inference" if self.mode == "training" else "training"):
             graph = self._graph(mode)
             try:
-                keras.Model.load_weights(graph, filepath)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    keras.Model.load_weights(graph, filepath)
             except Exception as e:  # noqa: BLE001 - Keras says why the layout differs
                 problems.append(f"{mode} graph: {e}")
+                continue
+            # Keras loads what it can and warns about parts it skipped: not this graph.
+            skipped = [str(w.message) for w in caught if "freshly-initialized" in
+                       str(w.message) or "could not be loaded" in str(w.message)]
+            if skipped:
+                problems.append(f"{mode} graph: {skipped[0]}")
                 continue
             return {"loaded": list(weights.named_layers(graph)), "skipped": [],
                     "mismatched": [], "missing": [], "unused": [],
