@@ -15,7 +15,6 @@ import importlib
 import os
 import shutil
 
-import numpy as np
 
 from .boxes import (apply_box_deltas, box_refinement, compute_iou,  # noqa: F401
                     compute_overlaps, compute_overlaps_masks, compute_recall,

@@ -49,7 +49,8 @@ def test_each_name_of_the_table_resolves_or_says_what_replaces_it(module, name, 
     from colabrcnn.errors import NotProvidedError
     if module == "MaskRCNN":
         from colabrcnn.model import MaskRCNN
-        if name not in ("MaskRCNN", "keras_model"):
+        # keras_model's weight methods: test_keras_model_weight_files_...
+        if name != "MaskRCNN" and not name.startswith("keras_model"):
             assert callable(getattr(MaskRCNN, name)), name
         return
     mod = importlib.import_module(f"colabrcnn.{module}")
