@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from .. import hardware
 from ..errors import ConfigError
+from ..model.spec import BASIC_FILTERS, BOTTLENECK_FILTERS, LAYER_REGEX, STAGE_BLOCKS
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -136,26 +137,13 @@ ACTIVATION_OVERHEAD = 1.2
 _PART_NAMES = {1: "conv1", 2: "res2a_branch2a", 3: "res3a_branch2a",
                4: "res4a_branch2a", 5: "res5a_branch2a", "fpn": "fpn_c5p5",
                "rpn": "rpn_model", "heads": "mrcnn_mask_conv1"}
-_BOTTLENECK = {2: (64, 64, 256), 3: (128, 128, 512), 4: (256, 256, 1024),
-               5: (512, 512, 2048)}
-_BLOCKS = {"resnet50": {2: 3, 3: 4, 4: 6, 5: 3}, "resnet101": {2: 3, 3: 4, 4: 23, 5: 3},
-           "resnet18": {2: 2, 3: 2, 4: 2, 5: 2}}
-_BASIC = {2: 64, 3: 128, 4: 256, 5: 512}
+# The ResNet block tables and matterport's layer presets come from model/spec.py
+# (Keras-free), the same tables the backbone and train.set_trainable use.
+LAYER_PRESETS = LAYER_REGEX
 
 
-# matterport's layer-selection presets, as colabrcnn.train.LAYER_REGEX has them (a test
-# keeps the two equal); copied so that estimates do not import Keras.
-LAYER_PRESETS = {
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|"
-          r"(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "all": ".*",
-}
-
-
-def layer_regex(layers):
+def layer_regex(layers) -> str:
+    """The regular expression of a layers preset ("heads", "3+", ...) or ``layers``."""
     return LAYER_PRESETS.get(layers, layers)
 
 
@@ -177,9 +165,9 @@ def _backbone_blocks(arch):
     cin = 64
     for stage in (2, 3, 4, 5):
         stride = 2 ** stage
-        for b in range(_BLOCKS[arch][stage]):
+        for b in range(STAGE_BLOCKS[arch][stage]):
             if arch == "resnet18":
-                f = _BASIC[stage]
+                f = BASIC_FILTERS[stage]
                 proj = b == 0 and (stage > 2 or cin != f)
                 # 2a conv out + relu out, 2b conv out, block out (+ shortcut conv out)
                 stored = 2 * f + f + f + (f if proj else 0)
@@ -187,7 +175,7 @@ def _backbone_blocks(arch):
                 bn = 2 * f + (f if proj else 0)
                 cout = f
             else:
-                f1, f2, f3 = _BOTTLENECK[stage]
+                f1, f2, f3 = BOTTLENECK_FILTERS[stage]
                 proj = b == 0
                 # 2a, 2b: conv out + relu out; 2c: conv out; block out; shortcut conv out
                 stored = 2 * f1 + 2 * f2 + f3 + f3 + (f3 if proj else 0)
@@ -332,7 +320,7 @@ def estimate_memory(config, layers="all", mixed_precision=None, devices=None):
     act = 2 if policy else 4
     f32 = 4
     parts = trainable_parts(layers)
-    arch = config.BACKBONE if config.BACKBONE in _BLOCKS else "resnet50"
+    arch = config.BACKBONE if config.BACKBONE in STAGE_BLOCKS else "resnet50"
     notes = []
     if callable(config.BACKBONE):
         notes.append("callable BACKBONE counted as a ResNet-50")

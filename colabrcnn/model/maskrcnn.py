@@ -12,94 +12,33 @@ also ``detect`` without a round trip through a file.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import importlib.util
+import logging
 import os
-import re
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from .. import distribute
+from .. import checkpoint, distribute
 from .. import train as train_lib
-from .. import utils
+from ..boxes import norm_boxes
 from ..config import LOSS_NAMES
+from ..data.dataset import to_rgb_uint8
 from ..errors import ConfigError, WeightsError
-from .backbone import build_rpn_model, fpn_graph, resnet_graph
+from . import transform
+from .anchors import compute_backbone_shapes, get_anchors
+from .backbone import resnet_graph
 from .detection import DetectionLayer
+from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
-from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss, RPNBBoxLoss, RPNClassLoss
-from .proposals import ProposalLayer
+from .layers import ActiveClassIds, DetectionBoxes, MetaWindow, NormBoxes
+from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
+from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
+from .spec import LAYER_REGEX  # noqa: F401 (matterport's presets, importable here)
 from .targets import DetectionTargetLayer
 
-LAYER_REGEX = train_lib.LAYER_REGEX  # matterport's presets, kept importable here
-
-
-# ------------------------------------------------------------------ small graph layers
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class NormBoxes(layers.Layer):
-    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape."""
-
-    def __init__(self, image_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.image_shape = [int(v) for v in image_shape[:2]]
-
-    def call(self, boxes):
-        h, w = self.image_shape
-        scale = ops.convert_to_tensor([h - 1.0, w - 1.0, h - 1.0, w - 1.0])
-        shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0])
-        return (ops.cast(boxes, "float32") - shift) / scale
-
-    def compute_output_shape(self, s):
-        return s
-
-    def get_config(self):
-        return {**super().get_config(), "image_shape": self.image_shape}
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class MetaWindow(layers.Layer):
-    """image_meta [B, META] -> normalized window [B, 4] (where the real image sits)."""
-
-    def __init__(self, image_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.norm = NormBoxes(image_shape)
-
-    def build(self, input_shape):
-        self.norm.build((input_shape[0], 4))  # no weights; marks the sub-layer built
-
-    def call(self, meta):
-        return self.norm(ops.cast(meta[:, 7:11], "float32"))
-
-    def compute_output_shape(self, s):
-        return (s[0], 4)
-
-    def get_config(self):
-        return {**super().get_config(), "image_shape": self.norm.image_shape}
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class ActiveClassIds(layers.Layer):
-    """image_meta [B, META] -> active_class_ids [B, NUM_CLASSES]."""
-
-    def call(self, meta):
-        return ops.cast(meta[:, 12:], "float32")
-
-    def compute_output_shape(self, s):
-        return (s[0], s[1] - 12)
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class DetectionBoxes(layers.Layer):
-    """detections [B, N, 6] -> boxes [B, N, 4]."""
-
-    def call(self, det):
-        return det[..., :4]
-
-    def compute_output_shape(self, s):
-        return tuple(s[:-1]) + (4,)
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- training model
@@ -183,10 +122,9 @@ class MaskRCNN:
 
     # ------------------------------------------------------------------- building
     def _image_shape(self, mode):
-        c = self.config
-        if mode == "inference" and c.IMAGE_RESIZE_MODE == "crop":
-            return np.array([c.IMAGE_MAX_DIM, c.IMAGE_MAX_DIM, c.IMAGE_CHANNEL_COUNT])
-        return np.asarray(c.IMAGE_SHAPE)
+        if mode == "inference":
+            return transform.inference_image_shape(self.config)
+        return np.asarray(self.config.IMAGE_SHAPE)
 
     def _build_layers(self):
         """Create every weight-owning part once."""
@@ -218,13 +156,13 @@ class MaskRCNN:
                 layers.Concatenate(axis=1, name="rpn_bbox")(list(bbox)))
 
     def _anchors(self, image_shape):
-        return utils.norm_boxes(utils.get_anchors(self.config, image_shape), image_shape)
+        return norm_boxes(get_anchors(self.config, image_shape), image_shape)
 
     def _anchor_params(self, image_shape):
         """What ProposalLayer needs to regenerate ``_anchors`` (saved with exports)."""
         c = self.config
         return {"scales": list(c.RPN_ANCHOR_SCALES), "ratios": list(c.RPN_ANCHOR_RATIOS),
-                "feature_shapes": utils.compute_backbone_shapes(c, image_shape).tolist(),
+                "feature_shapes": compute_backbone_shapes(c, image_shape).tolist(),
                 "feature_strides": list(c.BACKBONE_STRIDES),
                 "anchor_stride": c.RPN_ANCHOR_STRIDE, "image_shape": list(image_shape[:2])}
 
@@ -236,86 +174,106 @@ class MaskRCNN:
 
     def _wire(self, mode):
         """Build the training or inference keras Model from the shared layers."""
+        if mode == "training":
+            return self._training_graph()
+        return self._inference_graph()
+
+    def _stem(self, mode):
+        """Inputs, backbone + FPN and RPN of either graph, and both ROIAligns."""
         c = self.config
-        shape = self._image_shape(mode)
-        image_shape = tuple(int(v) for v in shape)
+        image_shape = tuple(int(v) for v in self._image_shape(mode))
         input_image = keras.Input(shape=image_shape, name="input_image")
         input_meta = keras.Input(shape=(c.IMAGE_META_SIZE,), name="input_image_meta")
         pyramid = self.backbone(input_image)
-        p2, p3, p4, p5, _ = pyramid
         rpn_logits, rpn_probs, rpn_bbox = self._rpn(pyramid)
-        anchors = self._anchors(image_shape)
         roi_align = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), image_shape,
                                     name="roi_align_classifier")
         mask_align = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE), image_shape,
                                      name="roi_align_mask")
+        return (image_shape, input_image, input_meta, pyramid[:4],
+                (rpn_logits, rpn_probs, rpn_bbox), roi_align, mask_align)
 
-        if mode == "training":
-            num_anchors = anchors.shape[0]
-            input_rpn_match = keras.Input(shape=(num_anchors, 1), dtype="int32",
-                                          name="input_rpn_match")
-            input_rpn_bbox = keras.Input(shape=(c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
-                                         name="input_rpn_bbox")
-            input_gt_class_ids = keras.Input(shape=(c.MAX_GT_INSTANCES,), dtype="int32",
-                                             name="input_gt_class_ids")
-            input_gt_boxes = keras.Input(shape=(c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
-            mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
-            input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
-                                         name="input_gt_masks")
-            gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes", dtype="float32")(
-                input_gt_boxes)
-            rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD,
-                                     c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                     anchor_params=self._anchor_params(image_shape),
-                                     name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
-            rois, target_class_ids, target_deltas, target_masks, roi_valid = \
-                DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
-                                     c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
-                                     name="proposal_targets", dtype="float32")(
-                    rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
-            t = c.TRAIN_ROIS_PER_IMAGE
-            class_logits, _, deltas = self.classifier(roi_align(rois, p2, p3, p4, p5), t)
-            mask_logits = self.mask_head(mask_align(rois, p2, p3, p4, p5), t)
-            active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
-            losses = {
-                "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(input_rpn_match,
-                                                                      rpn_logits),
-                "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss", dtype="float32")(input_rpn_bbox,
-                                                                   input_rpn_match, rpn_bbox),
-                "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss", dtype="float32")(
-                    target_class_ids, class_logits, roi_valid, active),
-                "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss", dtype="float32")(
-                    target_deltas, target_class_ids, deltas),
-                "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss", dtype="float32")(
-                    target_masks, target_class_ids, mask_logits),
-            }
-            inputs = [input_image, input_meta, input_rpn_match, input_rpn_bbox,
-                      input_gt_class_ids, input_gt_boxes, input_gt_masks]
-            model = TrainingModel(inputs=inputs, outputs=losses, name="mask_rcnn_training",
-                                  loss_weights=c.LOSS_WEIGHTS, weight_decay=c.WEIGHT_DECAY)
-        else:
-            rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD,
-                                     c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                     anchor_params=self._anchor_params(image_shape),
-                                     name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
-            r = c.POST_NMS_ROIS_INFERENCE
-            _, probs, deltas = self.classifier(roi_align(rpn_rois, p2, p3, p4, p5), r)
-            window = MetaWindow(image_shape, name="window", dtype="float32")(input_meta)
-            detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
-                                        c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
-                                        name="mrcnn_detection", dtype="float32")(rpn_rois, probs, deltas, window)
-            det_boxes = DetectionBoxes(name="detection_boxes", dtype="float32")(detections)
-            mask_logits = self.mask_head(mask_align(det_boxes, p2, p3, p4, p5),
-                                         c.DETECTION_MAX_INSTANCES)
-            masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
-                                      dtype="float32")(mask_logits)
-            model = keras.Model(
-                [input_image, input_meta],
-                {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
-                 "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
-                 "rpn_bbox": rpn_bbox},
-                name="mask_rcnn_inference")
-        return model
+    def _proposals(self, image_shape, count, rpn_probs, rpn_bbox):
+        """[B, count, 4] normalized ROIs from the RPN outputs."""
+        c = self.config
+        return ProposalLayer(self._anchors(image_shape), count, c.RPN_NMS_THRESHOLD,
+                             c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
+                             anchor_params=self._anchor_params(image_shape),
+                             name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
+
+    def _training_graph(self):
+        """Images and targets in, matterport's five losses out (a TrainingModel)."""
+        c = self.config
+        image_shape, input_image, input_meta, fmaps, rpn, roi_align, mask_align = \
+            self._stem("training")
+        rpn_logits, rpn_probs, rpn_bbox = rpn
+        num_anchors = self._anchors(image_shape).shape[0]
+        input_rpn_match = keras.Input(shape=(num_anchors, 1), dtype="int32",
+                                      name="input_rpn_match")
+        input_rpn_bbox = keras.Input(shape=(c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
+                                     name="input_rpn_bbox")
+        input_gt_class_ids = keras.Input(shape=(c.MAX_GT_INSTANCES,), dtype="int32",
+                                         name="input_gt_class_ids")
+        input_gt_boxes = keras.Input(shape=(c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
+        mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
+        input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
+                                     name="input_gt_masks")
+        gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes", dtype="float32")(
+            input_gt_boxes)
+        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_TRAINING, rpn_probs,
+                                   rpn_bbox)
+        rois, target_class_ids, target_deltas, target_masks, roi_valid = \
+            DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
+                                 c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
+                                 name="proposal_targets", dtype="float32")(
+                rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
+        t = c.TRAIN_ROIS_PER_IMAGE
+        class_logits, _, deltas = self.classifier(roi_align(rois, *fmaps), t)
+        mask_logits = self.mask_head(mask_align(rois, *fmaps), t)
+        active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
+        losses = {
+            "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(
+                input_rpn_match, rpn_logits),
+            "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss", dtype="float32")(
+                input_rpn_bbox, input_rpn_match, rpn_bbox),
+            "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss", dtype="float32")(
+                target_class_ids, class_logits, roi_valid, active),
+            "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss", dtype="float32")(
+                target_deltas, target_class_ids, deltas),
+            "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss", dtype="float32")(
+                target_masks, target_class_ids, mask_logits),
+        }
+        inputs = [input_image, input_meta, input_rpn_match, input_rpn_bbox,
+                  input_gt_class_ids, input_gt_boxes, input_gt_masks]
+        return TrainingModel(inputs=inputs, outputs=losses, name="mask_rcnn_training",
+                             loss_weights=c.LOSS_WEIGHTS, weight_decay=c.WEIGHT_DECAY)
+
+    def _inference_graph(self):
+        """Images and meta in; detections, masks and the RPN's outputs out."""
+        c = self.config
+        image_shape, input_image, input_meta, fmaps, rpn, roi_align, mask_align = \
+            self._stem("inference")
+        _, rpn_probs, rpn_bbox = rpn
+        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_INFERENCE, rpn_probs,
+                                   rpn_bbox)
+        r = c.POST_NMS_ROIS_INFERENCE
+        _, probs, deltas = self.classifier(roi_align(rpn_rois, *fmaps), r)
+        window = MetaWindow(image_shape, name="window", dtype="float32")(input_meta)
+        detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
+                                    c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
+                                    name="mrcnn_detection", dtype="float32")(
+            rpn_rois, probs, deltas, window)
+        det_boxes = DetectionBoxes(name="detection_boxes", dtype="float32")(detections)
+        mask_logits = self.mask_head(mask_align(det_boxes, *fmaps),
+                                     c.DETECTION_MAX_INSTANCES)
+        masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
+                                  dtype="float32")(mask_logits)
+        return keras.Model(
+            [input_image, input_meta],
+            {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
+             "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
+             "rpn_bbox": rpn_bbox},
+            name="mask_rcnn_inference")
 
     # ------------------------------------------------------------------- weights
     def save_weights(self, path):
@@ -336,7 +294,7 @@ class MaskRCNN:
             raise WeightsError(f"no layer of this model was found in {filepath}")
         self.set_log_dir(filepath)
         # A checkpoint of ours also carries the optimizer: restored at the next train().
-        state = train_lib.read_state(filepath)
+        state = checkpoint.read_state(filepath)
         self._optimizer_state = filepath if state and state.get("has_optimizer") else None
         return report
 
@@ -348,7 +306,7 @@ class MaskRCNN:
 
     def find_last(self):
         """Path of the newest checkpoint of the newest run of this config's NAME."""
-        path = train_lib.find_last(self.model_dir, self.run_name)
+        path = checkpoint.find_last(self.model_dir, self.run_name)
         if path is None:
             raise FileNotFoundError(
                 f"no checkpoint of '{self.run_name}' under {os.path.abspath(self.model_dir)}: "
@@ -361,18 +319,31 @@ class MaskRCNN:
         With a checkpoint path inside a run folder (``<name><YYYYmmddTHHMM>/``) the run
         folder is reused and the epoch counter set from the file name.
         """
-        self.epoch = 0
-        now = datetime.datetime.now()
-        self.log_dir = os.path.join(self.model_dir, f"{self.run_name}{now:%Y%m%dT%H%M}")
-        if model_path:
-            parsed = train_lib.parse_checkpoint_name(model_path)
-            run_dir = os.path.dirname(os.path.abspath(str(model_path)))
-            if parsed and re.fullmatch(r"[\w-]+\d{8}T\d{4}", os.path.basename(run_dir)):
-                self.log_dir = run_dir
-                self.epoch = parsed[1]
+        self.log_dir, self.epoch = checkpoint.Checkpointer.run_for(
+            self.model_dir, self.run_name, model_path)
         # matterport's attribute; {epoch:04d} is filled in per checkpoint.
-        self.checkpoint_path = os.path.join(
-            self.log_dir, f"mask_rcnn_{self.run_name}_{{epoch:04d}}.h5")
+        self.checkpoint_path = self.checkpointer.path_template
+
+    @property
+    def checkpointer(self):
+        """The :class:`colabrcnn.checkpoint.Checkpointer` of the current run folder."""
+        ckpt = checkpoint.Checkpointer(self.model_dir, self.run_name)
+        ckpt.log_dir, ckpt.epoch = self.log_dir, self.epoch
+        return ckpt
+
+    def take_optimizer_state(self):
+        """The checkpoint whose optimizer state the next compile should restore (set by
+        load_weights), or None; cleared by asking."""
+        path, self._optimizer_state = self._optimizer_state, None
+        return path
+
+    def rebuild(self, config):
+        """Rebuild the layers and graph for ``config``, keeping the run folder and epoch
+        (after an out-of-memory error, with a smaller setting)."""
+        log_dir, epoch = self.log_dir, self.epoch
+        self.config = config
+        self._build()
+        self.log_dir, self.epoch = log_dir, epoch
 
     # ------------------------------------------------------------------- training
     def set_trainable(self, layer_regex, verbose=0):
@@ -411,198 +382,29 @@ class MaskRCNN:
             after the first decode nothing (see colabrcnn.data.loader).
         workers / use_multiprocessing: loader threads (default) or processes.
         Returns the Keras History of the last fit (None if nothing was left to do).
+        The loop lives in :func:`colabrcnn.train.train`.
         """
-        from .. import memory
-        if self.mode != "training":
-            raise ConfigError("create the model with mode='training' to train")
-        if on_oom not in ("raise", "reduce"):
-            raise ConfigError(f"on_oom must be 'raise' or 'reduce', got {on_oom!r}")
-        attempts = 0
-        while True:
-            try:
-                with self.scope():
-                    return self._train(train_dataset, val_dataset, learning_rate, epochs,
-                                       layers, augmentation, custom_callbacks,
-                                       no_augmentation_sources, resume, optimizer, verbose,
-                                       seed, dict(cache=cache, cache_dir=cache_dir,
-                                                  workers=workers,
-                                                  use_multiprocessing=use_multiprocessing))
-            except Exception as e:  # noqa: BLE001 - only OOM is handled, others re-raised
-                if not memory.is_oom_error(e):
-                    raise
-                if on_oom == "reduce" and attempts < 4 and optimizer is None:
-                    attempts += 1
-                    new, why = memory.reduced_config(self.config, layers, explain=True)
-                    print(f"Out of GPU memory: {why} Continuing from the last checkpoint.")
-                    self.config = new
-                    log_dir, epoch = self.log_dir, self.epoch
-                    self._build()
-                    self.log_dir, self.epoch = log_dir, epoch
-                    resume = "auto"
-                    continue
-                memory.raise_gpu_memory_error(e, self.config, layers)
-
-    def _resume_point(self, resume):
-        """-> (checkpoint path or None, epochs done, steps into the next epoch)."""
-        if not resume:
-            return None, self.epoch, 0
-        if isinstance(resume, (str, os.PathLike)) and resume != "auto":
-            path = str(resume)
-        else:
-            here = train_lib.list_checkpoints(self.log_dir, self.run_name) \
-                if os.path.isdir(self.log_dir) else []
-            path = here[-1] if here else train_lib.find_last(self.model_dir, self.run_name)
-        if path is None:
-            return None, self.epoch, 0
-        parsed = train_lib.parse_checkpoint_name(path)
-        state = train_lib.read_state(path) or {}
-        done = int(state.get("epochs_done", parsed[1] if parsed else 0))
-        step = int(state.get("step", parsed[2] if parsed else 0))
-        if (done, step) <= (self.epoch, 0):
-            return None, self.epoch, 0  # this model is already as far along
-        return path, done, step
-
-    def _train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
-               augmentation, custom_callbacks, no_augmentation_sources, resume, optimizer,
-               verbose, seed, loader_options=None):
-        from ..data.loader import DataGenerator
-        c = self.config
-        path, done, step = self._resume_point(resume)
-        if path is not None:
-            self.load_weights(path, by_name=True)
-            self.log_dir = os.path.dirname(os.path.abspath(path))
-            self.set_log_dir(path)
-            self.epoch = done
-            if verbose:
-                where = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
-                print(f"Resuming from {path} ({where}). Pass resume=False to start over.")
-        if self.epoch >= epochs:
-            if verbose:
-                print(f"Already trained to epoch {self.epoch} (asked for {epochs}): nothing "
-                      f"to do. Raise epochs to train further.")
-            return None
-
-        self.set_trainable(layers, verbose=verbose > 1)
-        self.compile(learning_rate, optimizer=optimizer, end_epoch=epochs)
-        if self._optimizer_state is not None:
-            restored = train_lib.restore_optimizer(self.keras_model.optimizer,
-                                                   self._optimizer_state,
-                                                   self.keras_model.trainable_variables)
-            self._optimizer_state = None
-            if verbose and restored != "all":
-                print(f"Optimizer state restored: {restored} (trained layers changed?)")
-
-        options = loader_options or {}
-        train_gen = DataGenerator(train_dataset, c, shuffle=True, augmentation=augmentation,
-                                  seed=seed, steps=c.STEPS_PER_EPOCH,
-                                  no_augmentation_sources=no_augmentation_sources, **options)
-        val_gen = None
-        if val_dataset is not None:
-            val_gen = DataGenerator(val_dataset, c, shuffle=True, seed=seed,
-                                    steps=c.VALIDATION_STEPS, **options)
-        try:
-            return self._run_epochs(train_gen, val_gen, step, epochs, layers, learning_rate,
-                                    custom_callbacks, verbose)
-        finally:  # free the RAM cache and shared-memory folders of the loader
-            for gen in (train_gen, val_gen):
-                if gen is not None and hasattr(gen, "close"):
-                    gen.close()
-
-    def _run_epochs(self, train_gen, val_gen, step, epochs, layers, learning_rate,
-                    custom_callbacks, verbose):
-        c = self.config
-        os.makedirs(self.log_dir, exist_ok=True)
-        with open(os.path.join(self.log_dir, "config.json"), "w") as f:
-            f.write(c.to_json())
-        if verbose:
-            print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
-                  f"Checkpoint path: {self.checkpoint_path}")
-
-        history = None
-        if step:
-            # Finish the interrupted epoch first: the same batches it would have had.
-            _set_epoch(train_gen, self.epoch)
-            rest = _Offset(train_gen, step)
-            history = self._fit(rest, val_gen, self.epoch, self.epoch + 1, layers,
-                                custom_callbacks, verbose, offset=step)
-            self.epoch += 1
-        if self.epoch < epochs:
-            _set_epoch(train_gen, self.epoch)
-            history = self._fit(train_gen, val_gen, self.epoch, epochs, layers,
-                                custom_callbacks, verbose)
-        self.epoch = max(self.epoch, epochs)
-        return history
-
-    def _fit(self, train_gen, val_gen, initial_epoch, epochs, layers, custom_callbacks,
-             verbose, offset=0):
-        c = self.config
-        callbacks = [
-            keras.callbacks.CSVLogger(os.path.join(self.log_dir, "log.csv"), append=True),
-            train_lib.CheckpointCallback(self, layers, every_minutes=c.CHECKPOINT_EVERY_MINUTES,
-                                         keep=c.CHECKPOINT_KEEP, first_epoch_offset=offset),
-            train_lib.LossPlotCallback(self.log_dir),
-        ]
-        # TensorBoard logs need TensorFlow's summary writer: on the TF backend only (on
-        # JAX/torch it would start TensorFlow next to them on the GPU).
-        if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard"):
-            callbacks.append(keras.callbacks.TensorBoard(self.log_dir, write_graph=False))
-        callbacks += list(custom_callbacks or [])
-        if self.distribution.distributed and self.distribution.backend == "tensorflow":
-            # Keras' TF trainer averages a first batch across replicas to build the model
-            # (_maybe_symbolic_build), which fails on bool tensors: send the masks as uint8.
-            train_gen = _BoolAsUint8(train_gen)
-            val_gen = None if val_gen is None else _BoolAsUint8(val_gen)
-        # shuffle=False: the generator shuffles itself, seeded (Keras would reorder the
-        # batches with Python's global random).
-        return self.keras_model.fit(train_gen, initial_epoch=initial_epoch, epochs=epochs,
-                                    validation_data=val_gen, callbacks=callbacks,
-                                    verbose=verbose, shuffle=False)
+        return train_lib.train(
+            self, train_dataset, val_dataset, learning_rate, epochs, layers,
+            augmentation=augmentation, custom_callbacks=custom_callbacks,
+            no_augmentation_sources=no_augmentation_sources, resume=resume,
+            on_oom=on_oom, optimizer=optimizer, verbose=verbose, seed=seed, cache=cache,
+            workers=workers, use_multiprocessing=use_multiprocessing, cache_dir=cache_dir)
 
     # ------------------------------------------------------------------ inference
     def mold_inputs(self, images):
-        """Resize/pad images for the network.
+        """Resize/pad images for the network (see colabrcnn.model.transform).
 
         Returns molded_images [N, H, W, 3] float32, image_metas [N, META], windows [N, 4].
         """
-        c = self.config
-        mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
-        shape = self._image_shape("inference")
-        molded, metas, windows = [], [], []
-        for image in images:
-            from ..data.dataset import to_rgb_uint8
-            image = to_rgb_uint8(image)
-            m, window, scale, padding, crop = utils.resize_image(
-                image, min_dim=c.IMAGE_MIN_DIM, min_scale=c.IMAGE_MIN_SCALE,
-                max_dim=c.IMAGE_MAX_DIM, mode=mode)
-            m = utils.pad_to_shape(m, shape)
-            meta = utils.compose_image_meta(0, image.shape, m.shape, window, scale,
-                                            np.zeros([c.NUM_CLASSES], dtype=np.int32))
-            molded.append(utils.mold_image(m, c))
-            metas.append(meta)
-            windows.append(window)
-        return np.stack(molded), np.stack(metas), np.array(windows)
+        return transform.mold_inputs([to_rgb_uint8(image) for image in images],
+                                     self.config)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window):
         """One image's network outputs -> boxes, class ids, scores and full-size masks."""
-        n = int(np.sum(detections[:, 4] > 0))
-        boxes = detections[:n, :4]
-        class_ids = detections[:n, 4].astype(np.int32)
-        scores = detections[:n, 5]
-        masks = mrcnn_mask[np.arange(n), :, :, class_ids]
-        # Normalized (molded image) -> normalized (window) -> original pixels.
-        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.array(window)[None], image_shape[:2])[0]
-        shift = np.array([wy1, wx1, wy1, wx1])
-        scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-        boxes = utils.denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
-        keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
-        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], \
-            masks[keep]
-        full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape)
-                for i in range(len(keep))]
-        full = np.stack(full, axis=-1) if full else \
-            np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
-        return boxes, class_ids, scores, full
+        return transform.unmold_detections(detections, mrcnn_mask, original_image_shape,
+                                           image_shape, window)
 
     def detect(self, images, verbose=0):
         """Detect instances in a list of images (any count; batched by BATCH_SIZE).
@@ -622,7 +424,7 @@ class MaskRCNN:
                 molded = np.concatenate([molded, np.repeat(molded[:1], pad, 0)])
                 metas = np.concatenate([metas, np.repeat(metas[:1], pad, 0)])
             if verbose:
-                print(f"Processing {len(chunk)} images; molded {molded.shape}")
+                logger.info("Processing %d images; molded %s", len(chunk), molded.shape)
             inputs = {"input_image": molded, "input_image_meta": metas}
             with self.scope():
                 if self.distribution.distributed:
@@ -651,54 +453,6 @@ class MaskRCNN:
         :func:`colabrcnn.predict.predict_video`)."""
         from ..predict import predict_video
         return predict_video(self, in_path, out_path, class_names, **kw)
-
-
-def _set_epoch(gen, epoch):
-    """Put a DataGenerator at ``epoch`` so a resumed run sees the same batch order."""
-    if hasattr(gen, "set_epoch"):
-        gen.set_epoch(epoch)
-    else:
-        gen.epoch = epoch
-        gen._order = gen._make_order(epoch)
-
-
-class _Offset(keras.utils.PyDataset):
-    """The batches of ``base`` from ``start`` on: the rest of an interrupted epoch."""
-
-    def __init__(self, base, start):
-        super().__init__()
-        self.base = base
-        self.start = int(start)
-
-    def __len__(self):
-        return max(0, len(self.base) - self.start)
-
-    def __getitem__(self, index):
-        return self.base[index + self.start]
-
-    def on_epoch_end(self):
-        self.base.on_epoch_end()
-
-
-class _BoolAsUint8(keras.utils.PyDataset):
-    """``base``'s batches with bool arrays as uint8 (the model casts them back)."""
-
-    def __init__(self, base):
-        super().__init__(workers=getattr(base, "workers", 1),
-                         use_multiprocessing=getattr(base, "use_multiprocessing", False),
-                         max_queue_size=getattr(base, "max_queue_size", 10))
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, index):
-        return keras.tree.map_structure(
-            lambda a: a.astype(np.uint8) if getattr(a, "dtype", None) == bool else a,
-            self.base[index])
-
-    def on_epoch_end(self):
-        self.base.on_epoch_end()
 
 
 @contextlib.contextmanager
