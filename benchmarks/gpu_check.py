@@ -29,7 +29,7 @@ row is a result, not the end of the run):
 The goals of issue 19 are printed beside the figures; a recalibration hint (the
 ACTIVATION_OVERHEAD that would make each estimate exact) closes the report.
 ``--dry-run`` runs the same code paths on the CPU with tiny settings (ResNet-18, 64 px)
-and a subset of the rows, in about a minute; tests/test_gpu_check.py runs it.
+and one row of each kind, in a minute or two; tests/test_gpu_check.py runs it.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,29 +76,25 @@ BACKBONES = {"R101": "resnet101", "R50": "resnet50"}
 # The rows
 # =============================================================================
 def memory_rows() -> list[dict]:
-    """One lever at a time from the goal row (all layers, mixed, 2 images, mini-masks)."""
+    """One lever at a time from the goal row (all layers, mixed, 2 images, mini-masks),
+    for R101 and R50; the goal rows first (rows start in this order)."""
+    base = dict(kind="memory", layers="all", mixed=True, remat=False, images=2,
+                mini_mask=True)
+    variants = [("", {}), ("heads 8 images", {"layers": "heads", "images": 8}),
+                ("float32", {"mixed": False}), ("REMAT", {"remat": True}),
+                ("1 image", {"images": 1}), ("4 images", {"images": 4}),
+                ("no mini-masks", {"mini_mask": False}), ("heads", {"layers": "heads"})]
     rows = []
     for preset in ("R101", "R50"):
-        base = dict(kind="memory", preset=preset, layers="all", mixed=True, remat=False,
-                    images=2, mini_mask=True)
-        variants = [
-            ("", {}),
-            ("float32", {"mixed": False}),
-            ("REMAT", {"remat": True}),
-            ("1 image", {"images": 1}),
-            ("4 images", {"images": 4}),
-            ("no mini-masks", {"mini_mask": False}),
-            ("float32 REMAT", {"mixed": False, "remat": True}),
-            ("heads", {"layers": "heads"}),
-            ("heads float32", {"layers": "heads", "mixed": False}),
-        ]
-        if preset == "R101":
-            variants += [("heads 4 images", {"layers": "heads", "images": 4}),
-                         ("heads 8 images", {"layers": "heads", "images": 8})]
         for label, change in variants:
-            spec = dict(base, **change)
+            if preset == "R50" and label == "heads 8 images":
+                continue
+            spec = dict(base, preset=preset, **change)
             spec["id"] = f"{preset} " + (label or "all mixed 2 images")
             rows.append(spec)
+    # The goal rows of both presets lead (R50's is the speed row's config too).
+    rows.sort(key=lambda r: r["id"] not in ("R101 all mixed 2 images", "R101 heads 8 images",
+                                            "R50 all mixed 2 images"))
     return rows
 
 
@@ -122,7 +119,7 @@ def all_rows(dry_run: bool) -> list[dict]:
     """The rows in running order; the dry run keeps one of each code path."""
     mem, fit, speed = memory_rows(), fit_rows(), speed_rows()
     if dry_run:
-        mem = [r for r in mem if r["id"] in ("R101 all mixed 2 images", "R50 float32")]
+        mem = [r for r in mem if r["id"] == "R101 all mixed 2 images"]
         fit = fit[:1]
         speed = [r for r in speed if r["id"] in (
             "train ours (jax)", "train torchvision", "inference ours (jax) batch 1",
@@ -204,6 +201,8 @@ def run_fit(spec, args):
 
 def run_ours_train(spec, args):
     from colabrcnn import probe
+    if spec.get("backend") == "torch":
+        _torch_device(args)                    # the cap, as for torchvision
     config = speed_config(args.dry_run, 2)
     got = probe.measure(config, "all", steps=args.speed_steps, warmup=2, seed=0)
     return dict(status=got["status"], images_per_second=got["images_per_second"],
@@ -223,7 +222,7 @@ def run_ours_infer(spec, args):
     keras.utils.set_random_seed(0)
     probe.free_memory()
     baseline = probe.reset_peak_memory()
-    model = MaskRCNN("inference", config, model_dir=args.out)
+    model = MaskRCNN("inference", config, model_dir=tempfile.mkdtemp())
     for _ in range(2):
         model.detect(images, verbose=0)        # compile, warm up
     reps = 2 if args.dry_run else 10
@@ -238,7 +237,7 @@ def run_ours_infer(spec, args):
 def torchvision_model(config, dry_run):
     """torchvision's maskrcnn_resnet50_fpn, random weights, set up like our config:
     FrozenBatchNorm (our TRAIN_BN=False), the same ROIs per image, anchors per image,
-    proposals, detection limits and image size."""
+    proposals after NMS, detection limits and image size."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -246,14 +245,17 @@ def torchvision_model(config, dry_run):
     backbone = resnet_fpn_backbone(backbone_name=name, weights=None,
                                    norm_layer=FrozenBatchNorm2d, trainable_layers=5)
     size = int(config.IMAGE_SHAPE[0])
+    # Pre-NMS candidates stay torchvision's (2000/1000 per level; ours: PRE_NMS_LIMIT
+    # over all levels); proposals after NMS, sampled anchors and ROIs, detections match.
     return MaskRCNN(backbone, num_classes=int(config.NUM_CLASSES), min_size=size,
                     max_size=size,
-                    rpn_pre_nms_top_n_train=int(config.PRE_NMS_LIMIT),
-                    rpn_pre_nms_top_n_test=int(config.PRE_NMS_LIMIT),
                     rpn_post_nms_top_n_train=int(config.POST_NMS_ROIS_TRAINING),
                     rpn_post_nms_top_n_test=int(config.POST_NMS_ROIS_INFERENCE),
                     rpn_batch_size_per_image=int(config.RPN_TRAIN_ANCHORS_PER_IMAGE),
+                    rpn_nms_thresh=float(config.RPN_NMS_THRESHOLD),
                     box_batch_size_per_image=int(config.TRAIN_ROIS_PER_IMAGE),
+                    box_positive_fraction=float(config.ROI_POSITIVE_RATIO),
+                    box_nms_thresh=float(config.DETECTION_NMS_THRESHOLD),
                     box_detections_per_img=int(config.DETECTION_MAX_INSTANCES),
                     box_score_thresh=float(config.DETECTION_MIN_CONFIDENCE))
 
@@ -269,10 +271,13 @@ def _torch_device(args):
 
 
 def _tensors(samples, device):
+    import numpy as np
     import torch
     images, targets = [], []
     for image, masks, class_ids in samples:
         images.append(torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device))
+        keep = masks.any(axis=(0, 1))               # an occluded shape can vanish
+        masks, class_ids = masks[..., keep], np.asarray(class_ids)[keep]
         ys, xs = masks.any(1), masks.any(0)       # [H, N], [W, N]
         boxes = []
         for k in range(masks.shape[-1]):
@@ -388,6 +393,11 @@ def child_env(spec, args, total):
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
     env["KERAS_BACKEND"] = spec.get("backend", "jax")
+    # Rows with the same config (the R101 goal row and fit_to_gpu's T4 choice, the R50
+    # goal row and the speed row) compile the same step: share XLA's executables.
+    env.update(JAX_COMPILATION_CACHE_DIR=args.jax_cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     if args.dry_run:
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
         return env
@@ -619,17 +629,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu_check")
     p.add_argument("--dry-run", action="store_true",
-                   help="tiny settings on the CPU, a subset of the rows (about a minute)")
+                   help="tiny settings on the CPU, one row of each kind (a minute or two)")
     p.add_argument("--cap-gib", type=float, default=CAP_BYTES / GiB,
                    help="memory cap per process in GiB (default 15, a T4)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="memory rows run at once (default 4 on a GPU: 4 x 15 GiB fit an "
-                        "H100/H200; 2 in the dry run); speed rows always run alone")
+                   help="memory rows run at once (default: as many 15 GiB processes as "
+                        "90%% of the GPU holds, at most 8: 8 on an H200, 4 on an H100; 1 "
+                        "in the dry run); speed rows always run alone")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="stop starting rows after this many seconds (default 450 on a "
-                        "GPU, so the whole run stays under 8 minutes)")
+                   help="seconds for all rows: a row is stopped when they run out, and "
+                        "rows not started are recorded as such (default 440 on a GPU, so "
+                        "the run stays under 8 minutes; 1500 in the dry run)")
+    p.add_argument("--speed-reserve-s", type=float, default=None,
+                   help="seconds of the budget kept for the speed rows (default 210 on "
+                        "a GPU, 0 in the dry run)")
     p.add_argument("--row-timeout", type=float, default=None,
-                   help="seconds per row (default 240; 180 in the dry run)")
+                   help="seconds per row (default 240; 900 in the dry run)")
     p.add_argument("--steps", type=int, default=2, help="timed steps of a memory row")
     p.add_argument("--speed-steps", type=int, default=None,
                    help="timed steps of a speed row (default 20; 2 in the dry run)")
@@ -638,13 +653,18 @@ def parse_args(argv=None):
     p.add_argument("--allocator", choices=["bfc", "platform"], default="bfc",
                    help="JAX allocator: bfc (with the memory fraction; reports the peak) "
                         "or platform (XLA_PYTHON_CLIENT_ALLOCATOR=platform)")
+    p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(),
+                                                      "colabrcnn-gpu-check-jax-cache"),
+                   help="JAX's persistent compilation cache, shared by the rows")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.cap_bytes = int(args.cap_gib * GiB)
     dry = args.dry_run
-    args.jobs = args.jobs or (2 if dry else 4)
-    args.budget_s = args.budget_s or (600 if dry else 450)
-    args.row_timeout = args.row_timeout or (180 if dry else 240)
+    args.speed_reserve_s = args.speed_reserve_s if args.speed_reserve_s is not None \
+        else (0 if dry else 210)
+    # A CPU compiles the tiny training step in about 30 s, much longer on a busy one.
+    args.budget_s = args.budget_s or (1500 if dry else 440)
+    args.row_timeout = args.row_timeout or (900 if dry else 240)
     args.speed_steps = args.speed_steps or (2 if dry else 20)
     args.out = os.path.abspath(args.out)
     return args
@@ -658,6 +678,9 @@ def main(argv=None):
     start = time.time()
     deadline = start + args.budget_s
     total = None if args.dry_run else gpu_memory_total()
+    if not args.jobs:   # as many capped processes as fit the GPU, at most 8
+        args.jobs = 1 if args.dry_run or not total else \
+            max(1, min(8, int(0.9 * total // args.cap_bytes)))
     rows = all_rows(args.dry_run)
     if args.rows:
         keys = [k.strip() for k in args.rows.split(",") if k.strip()]
@@ -681,8 +704,10 @@ def main(argv=None):
     print(f"gpu_check: {len(rows)} rows ({len(parallel)} memory/fit rows {args.jobs} at "
           f"a time, then {len(alone)} speed rows one at a time); writing {args.out}",
           flush=True)
+    # The memory rows leave --speed-reserve-s of the budget to the speed rows.
+    memory_deadline = deadline - (args.speed_reserve_s if alone else 0)
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_row, r, args, total, deadline) for r in parallel]
+        futures = [pool.submit(run_row, r, args, total, memory_deadline) for r in parallel]
         for fut in concurrent.futures.as_completed(futures):
             record(fut.result())
     for r in alone:
