@@ -20,6 +20,10 @@ and each instance is a small dict::
      "shape": "polygon",                # original shape type, for messages
      "region": "regions[2]",            # where it is in the annotation file, for messages
      "polygons": [array (K, 2) of (x, y)], # one or several parts (union), may be empty
+     "draw": "coco" | "labelme" | "via",  # how the polygons are rasterised (geometry.py)
+     "figures": [{"type": "rectangle" | "circle" | "line" | "linestrip" | "point",
+                  "points": array} | {"type": "ellipse", "params": (cx, cy, rx, ry, theta)}
+                 | {"type": "rect", "params": (x, y, width, height)}],
      "rle": None | {"size": [h, w], "counts": str},          # compressed COCO RLE
      "bitmap": None | {"path" or "bytes", "value", "offset"}} # mask image (PNG) read lazily
 
@@ -100,9 +104,12 @@ class ImageRecord(dict):
         return ImageRecord(copy.deepcopy(dict(self), memo))
 
 
-def make_instance(label, shape, region, polygons=None, rle=None, bitmap=None):
+def make_instance(label, shape, region, polygons=None, rle=None, bitmap=None, draw="coco",
+                  figures=None):
+    """An instance record (layout: module docstring)."""
     return {"class_id": 0, "label": label, "shape": shape, "region": region,
-            "polygons": list(polygons or []), "rle": rle, "bitmap": bitmap}
+            "polygons": list(polygons or []), "rle": rle, "bitmap": bitmap, "draw": draw,
+            "figures": list(figures or [])}
 
 
 class AnnotatedDataset(Dataset):

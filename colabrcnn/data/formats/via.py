@@ -15,7 +15,10 @@ and use :func:`colabrcnn.data.formats.load_coco`.
 Shapes (``shape_attributes.name``): ``polygon`` (all_points_x/y), ``polyline`` (closed
 into a polygon, with a warning), ``rect`` (x, y, width, height), ``circle`` (cx, cy, r),
 ``ellipse`` (cx, cy, rx, ry and optional theta in radians, VIA 2). ``point`` regions
-mark no area: they are skipped and counted as warnings.
+mark no area: they are skipped and counted as warnings. Polygons are drawn as
+matterport's balloon sample draws them (``skimage.draw.polygon``, pixel centres on
+integer coordinates), rectangles with ``skimage.draw.rectangle`` (x, y, width, height
+covers width x height pixels), circles and ellipses with ``skimage.draw.ellipse``.
 
 The class of a region comes from a region attribute: the one named by
 ``class_attribute=``, or, when not given, the single attribute whose values are class
@@ -30,7 +33,7 @@ import warnings
 import numpy as np
 
 from ...errors import AnnotationError
-from .geometry import ellipse_polygon, polygon_part, rect_polygon
+from .geometry import polygon_part
 from .io import (decode_base64_image, number, number_list, read_json, resolve_image_path,
                  short, type_name)
 from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
@@ -171,7 +174,7 @@ def _region_label(region, class_attribute, default_class, w):
 
 
 def _region_geometry(sa, w):
-    """(shape name, list of polygon parts, problem kind/message or None)."""
+    """(shape name, polygon parts, figures, problem kind/message or None)."""
     if not isinstance(sa, dict):
         raise AnnotationError(f"shape_attributes must be an object, got {type_name(sa)}", **w)
     name = sa.get("name")
@@ -191,32 +194,33 @@ def _region_geometry(sa, w):
             raise AnnotationError(f"all_points_x has {len(xs)} values but all_points_y has "
                                   f"{len(ys)}", **w)
         pts, problem = polygon_part(np.array([xs, ys], dtype=np.float64).T, name)
-        return name, ([] if problem else [pts]), problem
+        return name, ([] if problem else [pts]), [], problem
     if name == "rect":
         x, y = number(need("x"), "x", **w), number(need("y"), "y", **w)
         wd, ht = number(need("width"), "width", **w), number(need("height"), "height", **w)
         if wd <= 0 or ht <= 0:
-            return name, [], ("degenerate", f"rect is {wd:g} x {ht:g} pixels; redraw it or "
-                              "delete it")
-        return name, [rect_polygon(x, y, wd, ht)], None
+            return name, [], [], ("degenerate", f"rect is {wd:g} x {ht:g} pixels; redraw it "
+                                  "or delete it")
+        return name, [], [{"type": "rect", "params": (x, y, wd, ht)}], None
     if name == "circle":
         cx, cy = number(need("cx"), "cx", **w), number(need("cy"), "cy", **w)
         r = number(need("r"), "r", **w)
         if r <= 0:
-            return name, [], ("degenerate", f"circle has radius {r:g}; redraw it or delete it")
-        return name, [ellipse_polygon(cx, cy, r, r)], None
+            return name, [], [], ("degenerate", f"circle has radius {r:g}; redraw it or "
+                                  "delete it")
+        return name, [], [{"type": "ellipse", "params": (cx, cy, r, r, 0.0)}], None
     if name == "ellipse":
         cx, cy = number(need("cx"), "cx", **w), number(need("cy"), "cy", **w)
         rx, ry = number(need("rx"), "rx", **w), number(need("ry"), "ry", **w)
         theta = number(sa["theta"], "theta", **w) if sa.get("theta") is not None else 0.0
         if rx <= 0 or ry <= 0:
-            return name, [], ("degenerate", f"ellipse has radii {rx:g} x {ry:g}; redraw it or"
-                              " delete it")
-        return name, [ellipse_polygon(cx, cy, rx, ry, theta)], None
+            return name, [], [], ("degenerate", f"ellipse has radii {rx:g} x {ry:g}; redraw "
+                                  "it or delete it")
+        return name, [], [{"type": "ellipse", "params": (cx, cy, rx, ry, theta)}], None
     if name == "point":
-        return name, [], ("skipped_shape", "point marks no area, so it cannot be a mask; "
+        return name, [], [], ("skipped_shape", "point marks no area, so it cannot be a mask; "
                           "skipped")
-    return name, [], ("unknown_shape", f"unknown shape '{short(name, 30)}' (VIA shapes: "
+    return name, [], [], ("unknown_shape", f"unknown shape '{short(name, 30)}' (VIA shapes: "
                       f"{', '.join(SHAPES)}); skipped")
 
 
@@ -323,7 +327,7 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
                                           f"{type_name(region)}", **fw)
                 if "shape_attributes" not in region:
                     raise AnnotationError("region has no shape_attributes", **fw)
-                shape, parts, problem = _region_geometry(region["shape_attributes"], fw)
+                shape, parts, figures, problem = _region_geometry(region["shape_attributes"], fw)
                 label, no_class = _region_label(region, class_attribute, default_class, fw)
             if not r.ok:
                 continue
@@ -337,7 +341,8 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
             if shape == "polyline":
                 b.note(rec, region_name, "converted_shape",
                        "polyline closed into a polygon (draw a polygon for an area)", WARNING)
-            b.add_instance(rec, make_instance(label, shape, region_name, parts))
+            b.add_instance(rec, make_instance(label, shape, region_name, parts, draw="via",
+                                              figures=figures))
     ds = b.build()
     warn_read_issues(ds, f"VIA file '{path}'")
     return ds
