@@ -143,5 +143,6 @@ def load(path, **kw):
         return reader(**args)
 
 
+
 __all__ = ["AnnotatedDataset", "ImageRecord", "load", "detect_format", "load_via",
            "load_labelme", "load_coco", "load_mask_folder", "ACCEPTED"]

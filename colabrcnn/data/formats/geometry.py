@@ -53,18 +53,59 @@ def ellipse_polygon(cx, cy, rx, ry, theta=0.0):
 
 
 def polygon_part(points, what="polygon"):
-    """(points, problem): a polygon without its repeated closing vertex, and why it has
-    no area (("degenerate", message)) or None. Shared by every reader."""
+    """(points or None, problem or None), shared by every reader: the polygon without
+    its repeated closing vertex, None when it has no area (("degenerate", message)).
+
+    A polygon whose edges cross (a bow-tie) can have a signed area of zero while it
+    covers pixels: it is kept, with a ("self_intersecting", message) warning; only
+    points on one line count as no area.
+    """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(pts) > 1 and np.all(pts[0] == pts[-1]):
         pts = pts[:-1]  # some tools repeat the first point at the end
     if len(pts) < 3:
-        return pts, ("degenerate", f"{what} has {len(pts)} point(s); an area needs at least "
-                     "3: redraw it or delete it")
-    if polygon_area(pts) == 0:
-        return pts, ("degenerate", f"{what} has zero area (all its points lie on one line): "
-                     "redraw it or delete it")
+        return None, ("degenerate", f"{what} has {len(pts)} point(s); an area needs at "
+                      "least 3: redraw it or delete it")
+    if collinear(pts):
+        return None, ("degenerate", f"{what} has zero area (all its points lie on one "
+                      "line): redraw it or delete it")
+    if self_intersecting(pts):
+        return pts, ("self_intersecting", f"{what} crosses itself (its edges cross, like a "
+                     "bow-tie); it is drawn as the annotation tool draws it, both loops "
+                     "included: redraw it without crossing edges if that is not the object")
     return pts, None
+
+
+def collinear(points):
+    """Whether all points of a (K, 2) array lie on one line (or one point)."""
+    d = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    d = d - d.mean(axis=0)
+    s = np.linalg.svd(d, compute_uv=False)  # a line: one direction of spread only
+    return bool(s[0] == 0 or s[1] <= 1e-9 * s[0])
+
+
+def self_intersecting(points):
+    """Whether two non-adjacent edges of a closed polygon cross (a bow-tie, a figure 8).
+
+    Exact segment tests, vectorised over all edge pairs (polygons of up to 2,000 points;
+    larger ones are not checked).
+    """
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    n = len(p)
+    if n < 4 or n > 2000:
+        return False
+    a, b = p, np.roll(p, -1, axis=0)  # edge i: a[i] -> b[i]
+
+    def orient(p0, p1, q):  # sign of the turn p0 -> p1 -> q, broadcast
+        return np.sign((p1[..., 0] - p0[..., 0]) * (q[..., 1] - p0[..., 1])
+                       - (p1[..., 1] - p0[..., 1]) * (q[..., 0] - p0[..., 0]))
+
+    A, B = a[:, None], b[:, None]
+    C, D = a[None, :], b[None, :]
+    proper = (orient(A, B, C) * orient(A, B, D) < 0) & (orient(C, D, A) * orient(C, D, B) < 0)
+    i, j = np.triu_indices(n, k=2)
+    keep = ~((i == 0) & (j == n - 1))  # the first and last edges share a vertex
+    return bool(proper[i[keep], j[keep]].any())
 
 
 def polygon_area(points):

@@ -26,9 +26,12 @@ import os
 import numpy as np
 
 from ...errors import AnnotationError
+from .coco import is_coco
 from .geometry import LABELME_LINE_WIDTH, LABELME_POINT_RADIUS, polygon_part
-from .io import decode_base64_image, number, read_json, resolve_image_path, short, type_name
+from .io import (decode_base64_image, decode_embedded_image, number, read_json,
+                 resolve_image_path, short, type_name)
 from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
+from .via import is_via
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask", "oriented_rectangle")
 # Drawn as labelme draws them (a 10 px wide line, a 5 px radius disc), with a warning.
@@ -66,7 +69,7 @@ def _shape_geometry(shape, w):
     pts = _points(shape["points"], w)
     if st in ("polygon", "oriented_rectangle"):
         pts, problem = polygon_part(pts, st)
-        return st, ([] if problem else [pts]), [], None, problem
+        return st, ([] if pts is None else [pts]), [], None, problem
     if st == "rectangle":
         if len(pts) not in (2, 4):
             raise AnnotationError(f"rectangle needs 2 corner points, has {len(pts)}", **w)
@@ -152,11 +155,21 @@ def load_labelme(dir_or_files, image_dir=None, classes=None):
     n_labelme = 0
     for jf in files:
         try:
-            data = read_json(jf)
+            data, duplicates = read_json(jf, with_duplicates=True)
         except AnnotationError as e:
             b.error(e)
             continue
         if not is_labelme(data):
+            other = "VIA" if is_via(data) else "COCO" if is_coco(data) else None
+            if scanned and other is not None:
+                # Annotations of another format in the folder: never dropped silently.
+                n = len(data.get("images", [])) if other == "COCO" else \
+                    len(data.get("_via_img_metadata", data))
+                b.issue("other_format", f"a {other} annotation file ({n} image entries) in "
+                        "the LabelMe folder is not read with the LabelMe files: load it on its "
+                        f"own (colabrcnn.data.load('{jf}')), or move it out of the folder",
+                        ERROR, file=jf)
+                continue
             if scanned:  # other JSON files may live in the folder: say so, do not fail
                 b.issue("not_labelme", "not a LabelMe file (no 'shapes'); ignored", WARNING,
                         file=jf)
@@ -165,7 +178,9 @@ def load_labelme(dir_or_files, image_dir=None, classes=None):
                                     "'imagePath'", file=jf))
             continue
         n_labelme += 1
-        _read_file(b, jf, data, image_dir)
+        b.reject_repeated_keys([d for d in duplicates
+                                if not (d[1] is data and d[2] == "shapes")], jf)
+        _read_file(b, jf, b.merge_repeated_lists(data, ("shapes",), jf), image_dir)
     if n_labelme == 0 and not b.errors:
         raise AnnotationError("no LabelMe files found (JSON files with 'shapes' and "
                               "'imagePath')", file=os.fspath(dir_or_files)
@@ -192,8 +207,8 @@ def _read_file(b, jf, data, image_dir):
     image_bytes = None
     if data.get("imageData") is not None and not (path and os.path.isfile(path)):
         try:
-            image_bytes = decode_base64_image(data["imageData"], "imageData",
-                                              field="imageData", **w)
+            image_bytes = decode_embedded_image(data["imageData"], "imageData",
+                                                field="imageData", **w)
         except AnnotationError as e:
             b.error(e)
             return
@@ -208,8 +223,9 @@ def _read_file(b, jf, data, image_dir):
         except AnnotationError as e:
             b.error(e)
             return
-    rec = b.add_image(jf, name, path, jf,
-                      width=width, height=height, image_bytes=image_bytes)
+    rec = b.add_image(jf, name, path, jf, width=width, height=height,
+                      image_bytes=image_bytes, **({"embedded_in": "imageData"}
+                                                  if image_bytes is not None else {}))
     shapes = data.get("shapes")
     if not isinstance(shapes, list):
         b.error(AnnotationError(f"'shapes' must be a list, got {type_name(shapes)}",
@@ -232,7 +248,8 @@ def _read_file(b, jf, data, image_dir):
         region = f"shapes[{i}] ({st}{', ' + repr(label) if label else ''})"
         if problem is not None:
             b.note_problem(rec, region, problem)
-            continue
+            if not parts:
+                continue
         if st in NO_AREA_SHAPES:
             b.note_problem(rec, region, ("converted_shape", (
                 f"a {st} marks no area; drawn as labelme draws it, "
