@@ -19,15 +19,8 @@ from .model.transform import (compose_image_meta, expand_mask, minimize_mask,  #
                               unmold_image, unmold_mask)
 
 
-# -------------------------------------------------------------- ground truth loading
-def __getattr__(name):
-    # load_image_gt is built by the loader's sample builder (colabrcnn/data/sample.py),
-    # which imports this module: re-exported on first use, so neither import needs the
-    # other to have finished.
-    if name == "load_image_gt":
-        from .data.sample import load_image_gt
-        return load_image_gt
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Ground truth loading: the loader's one sample builder, with matterport's signature.
+from .data.sample import load_image_gt  # noqa: F401, E402
 
 
 # ------------------------------------------------------------------ matterport-style AP
