@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import AnnotationError
 from .geometry import normalize_rle, polygon_part
 from .io import number, number_list, read_json, resolve_image_path, short, type_name
-from .records import ERROR, DatasetBuilder, make_instance, warn_read_issues
+from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
 
 
 def is_coco(data):
