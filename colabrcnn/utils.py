@@ -15,7 +15,6 @@ import importlib
 import os
 import shutil
 
-
 from .boxes import (apply_box_deltas, box_refinement, compute_iou,  # noqa: F401
                     compute_overlaps, compute_overlaps_masks, compute_recall,
                     denorm_boxes, extract_bboxes, non_max_suppression, norm_boxes)
@@ -66,17 +65,14 @@ def download_trained_weights(coco_model_path, verbose=1):
         print("... done downloading pretrained model!")
 
 
-# -------------------------------------------------------------- ground truth loading
 def __getattr__(name):
-    # load_image_gt is built by the loader's sample builder (colabrcnn/data/sample.py),
-    # which imports this module: re-exported on first use, so neither import needs the
-    # other to have finished.
-    if name == "load_image_gt":
-        from .data.sample import load_image_gt
-        return load_image_gt
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     if name in _NOT_PROVIDED:
         raise NotProvidedError("mrcnn.utils", name, _NOT_PROVIDED[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Ground truth loading: the loader's one sample builder, with matterport's signature.
+from .data.sample import load_image_gt  # noqa: F401, E402
