@@ -126,7 +126,7 @@ def run_epochs(gen, epochs):
 def profile_stages(dataset, config, augmentation, n=None):
     """Mean ms per image of each stage, in this process, no cache (after a warm-up)."""
     from colabrcnn import utils
-    from colabrcnn.data import loader
+    from colabrcnn.data import sample as loader  # the sample builder the loader uses
 
     spent = {}
 

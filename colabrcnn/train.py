@@ -28,14 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-# matterport's layer-selection presets (regular expressions over layer names).
-LAYER_REGEX = {
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "all": ".*",
-}
+from .model.spec import LAYER_REGEX
 
 STATE_GROUP = "training_state"
 _CKPT_RE = re.compile(r"mask_rcnn_(?P<name>[\w-]+?)_(?P<epoch>\d{4})(?:_s(?P<step>\d+))?\.h5$")

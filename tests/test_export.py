@@ -11,7 +11,7 @@ import pytest
 from colabrcnn import export
 from colabrcnn.data import shapes
 from colabrcnn.errors import ConfigError
-from colabrcnn.model.proposals import ProposalLayer
+from colabrcnn.model.rpn import ProposalLayer
 from tiny_model import TinyConfig, tiny_model
 
 

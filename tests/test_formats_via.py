@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from colabrcnn.data.formats import load_via
-from colabrcnn.data.formats.common import ImageRecord
+from colabrcnn.data.formats.records import ImageRecord
 from colabrcnn.errors import AnnotationError
 
 H, W = 60, 80

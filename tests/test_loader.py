@@ -3,7 +3,6 @@ augmentation alignment, vanished and surplus instances, errors, and the optimise
 NumPy helpers it relies on (same results as the straightforward versions)."""
 import glob
 import json
-import mmap
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -17,9 +16,10 @@ from colabrcnn import Config, utils  # noqa: E402
 from colabrcnn.data import Dataset, load  # noqa: E402
 from colabrcnn.data.augment import augmentation_callable, default_augmentation  # noqa: E402
 from colabrcnn.data.formats import AnnotatedDataset  # noqa: E402
-from colabrcnn.data.loader import (INPUT_NAMES, DataGenerator, DiskCache,  # noqa: E402
-                                   SampleBuilder, _pack_masks, build_training_sample,
-                                   make_cache)
+from colabrcnn.data.cache import DiskCache, make_cache  # noqa: E402
+from colabrcnn.data.loader import DataGenerator  # noqa: E402
+from colabrcnn.data.sample import (INPUT_NAMES, SampleBuilder,  # noqa: E402
+                                   build_training_sample, pack_masks)
 from colabrcnn.errors import AnnotationError  # noqa: E402
 
 
@@ -309,13 +309,7 @@ def test_workers_give_the_same_batches_as_one_process(jpeg_path, multiprocessing
     assert len(reference) == len(parallel) == 6
     assert all(batches_equal(a, b) for a, b in zip(reference, parallel))
     assert not batches_equal(reference[0], reference[3])  # epochs differ
-    # Worker processes handed the images over in shared memory, not through the pipe.
-    base = parallel[0]["input_image"]
-    while isinstance(base, (np.ndarray, memoryview)):
-        base = base.obj if isinstance(base, memoryview) else base.base
-    assert isinstance(base, mmap.mmap) == multiprocessing
     g.close()
-    assert g._transport.folder is None or not os.path.exists(g._transport.folder)
 
 
 # --------------------------------------------------------------------- augmentation
@@ -507,31 +501,88 @@ def test_fast_rpn_targets_equal_the_full_iou_reference(dim):
             np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_pack_masks_equals_packbits_for_any_layout():
-    rng = np.random.default_rng(0)
-    for n in (1, 7, 8, 9, 17):
-        m = rng.random((13, 21, n)) < 0.4
-        for layout in (m, np.asfortranarray(m), np.ascontiguousarray(
-                m.transpose(2, 0, 1)).transpose(1, 2, 0), m.astype(np.uint8) * 255):
-            np.testing.assert_array_equal(_pack_masks(layout),
-                                          np.packbits(layout != 0, axis=-1, bitorder="little"))
+def reference_load_image_gt(dataset, config, image_id, rng):
+    """matterport's load_image_gt without augmentation, from the NumPy helpers:
+    resize_image + resize_mask + pad_to_shape + extract_bboxes (+ minimize_mask)."""
+    image = dataset.load_image(image_id)
+    mask, class_ids = dataset.load_mask(image_id)
+    original_shape = image.shape
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
+        min_scale=config.IMAGE_MIN_SCALE, mode=config.IMAGE_RESIZE_MODE, rng=rng)
+    mask = utils.resize_mask(np.asarray(mask, bool), scale, padding, crop)
+    image = utils.pad_to_shape(image, config.IMAGE_SHAPE)
+    mask = utils.pad_to_shape(mask, config.IMAGE_SHAPE)
+    keep = np.where(np.sum(mask, axis=(0, 1)) > 0)[0]
+    mask, class_ids = mask[:, :, keep], np.asarray(class_ids, np.int32)[keep]
+    bbox = utils.extract_bboxes(mask)
+    active = np.zeros([config.NUM_CLASSES], np.int32)
+    active[[c for c in dataset.source_class_ids[dataset.image_info[image_id]["source"]]
+            if c < config.NUM_CLASSES]] = 1
+    meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale,
+                                    active)
+    return image, meta, class_ids, bbox, mask
 
 
-def test_loader_without_augmentation_matches_load_image_gt(jpeg_path):
-    """Without augmentation the loader's image, boxes and masks are load_image_gt's."""
+def test_load_image_gt_and_loader_match_the_numpy_reference(jpeg_path):
+    """load_image_gt (matterport's signature, full-size masks by default) and the
+    loader's samples equal resize_image/resize_mask/extract_bboxes's result."""
     ds = jpeg_dataset(jpeg_path)
     for mode in ("square", "pad64", "crop"):
         config = SmallConfig(IMAGE_RESIZE_MODE=mode,
                              IMAGE_MAX_DIM=256 if mode == "pad64" else 128)
         for image_id in ds.image_ids:
+            want = reference_load_image_gt(ds, config, image_id,
+                                           np.random.default_rng(image_id))
             image, meta, ids, boxes, masks = utils.load_image_gt(
                 ds, config, image_id, rng=np.random.default_rng(image_id))
+            for got, ref in zip((image, meta, ids, boxes, masks), want):
+                np.testing.assert_array_equal(got, ref)
+            assert image.dtype == np.uint8 and masks.dtype == bool
+            if mode != "crop":  # matterport's positional call, no rng
+                _, _, ids2, _, mini = utils.load_image_gt(ds, config, image_id, False, None,
+                                                          True)
+                np.testing.assert_array_equal(ids2, ids)
+                np.testing.assert_array_equal(
+                    mini, utils.minimize_mask(boxes, masks, config.MINI_MASK_SHAPE))
             s = build_training_sample(ds, config, image_id, None,
                                       np.random.default_rng(image_id))
-            image = utils.pad_to_shape(image, config.IMAGE_SHAPE)
             np.testing.assert_array_equal(s["input_image"], utils.mold_image(image, config))
             np.testing.assert_array_equal(s["input_image_meta"], meta)
             n = len(ids)
             np.testing.assert_array_equal(s["input_gt_class_ids"][:n], ids)
             np.testing.assert_array_equal(s["input_gt_boxes"][:n], boxes)
-            np.testing.assert_array_equal(s["input_gt_masks"][..., :n], masks)
+            np.testing.assert_array_equal(s["input_gt_masks"][..., :n],
+                                          utils.minimize_mask(boxes, masks,
+                                                              config.MINI_MASK_SHAPE))
+
+
+def test_load_image_gt_augment_flag_flips_like_matterport(jpeg_path):
+    """augment=True flips left/right half of the time, masks and boxes with the image."""
+    ds = jpeg_dataset(jpeg_path)
+    config = SmallConfig()
+    plain = utils.load_image_gt(ds, config, 3)
+    flips = 0
+    for seed in range(8):
+        image, _, ids, boxes, masks = utils.load_image_gt(ds, config, 3, augment=True,
+                                                          rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(ids, plain[2])
+        w0, w1 = int(plain[1][8]), int(plain[1][10])  # window x1, x2: mirrored inside
+        if np.array_equal(image, plain[0]):
+            np.testing.assert_array_equal(masks, plain[4])
+            continue
+        flips += 1
+        np.testing.assert_array_equal(image[:, w0:w1], plain[0][:, w0:w1][:, ::-1])
+        np.testing.assert_array_equal(masks[:, w0:w1], plain[4][:, w0:w1][:, ::-1])
+        np.testing.assert_array_equal(boxes, utils.extract_bboxes(masks))
+    assert 0 < flips < 8
+
+
+def test_pack_masks_is_packbits_for_any_layout():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 17):
+        m = rng.random((13, 21, n)) < 0.4
+        for layout in (m, np.asfortranarray(m), np.ascontiguousarray(
+                m.transpose(2, 0, 1)).transpose(1, 2, 0), m.astype(np.uint8) * 255):
+            np.testing.assert_array_equal(pack_masks(layout),
+                                          np.packbits(layout != 0, axis=-1, bitorder="little"))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from colabrcnn.data.dataset import Dataset
-from colabrcnn.data.formats.common import DatasetBuilder, make_instance, rect_polygon
+from colabrcnn.data.formats.geometry import rect_polygon
+from colabrcnn.data.formats.records import DatasetBuilder, make_instance
 from colabrcnn.data.split import train_val_split
 from colabrcnn.errors import AnnotationError
 

@@ -1,7 +1,10 @@
-"""A tiny untrained Mask R-CNN for tests of inference tooling (predict, export).
+"""The one tiny Mask R-CNN configuration of the tests, and helpers around it.
 
-Untrained weights with DETECTION_MIN_CONFIDENCE = 0 still give detections (random but
-deterministic for a seed), which is all that file writing and exporting need.
+``TinyConfig`` is the demo's ShapesConfig (ResNet-18, 4 classes, small anchors) cut down
+to 64 x 64 images and narrow heads. ``tiny_config(size)`` gives it at another square
+image size; ``tiny_model`` an untrained model, whose weights with
+DETECTION_MIN_CONFIDENCE = 0 still give detections (random but deterministic for a
+seed), which is all that file writing and exporting need.
 """
 import keras
 
@@ -25,6 +28,11 @@ class TinyConfig(ShapesConfig):
     DETECTION_MAX_INSTANCES = 6
 
 
-def tiny_model(model_dir, seed=0, **overrides):
+def tiny_config(size=64, **overrides):
+    """TinyConfig at ``size`` x ``size`` images, with Config attributes overridden."""
+    return TinyConfig(**{"IMAGE_MIN_DIM": size, "IMAGE_MAX_DIM": size, **overrides})
+
+
+def tiny_model(model_dir, seed=0, mode="inference", **overrides):
     keras.utils.set_random_seed(seed)
-    return MaskRCNN("inference", TinyConfig(**overrides), str(model_dir))
+    return MaskRCNN(mode, TinyConfig(**overrides), str(model_dir))

@@ -17,9 +17,9 @@ different seed, or they repeat each other's augmentations.
 """
 from __future__ import annotations
 
-import functools
 import os
 
+import cv2
 import numpy as np
 
 from ..errors import AnnotationError
@@ -98,11 +98,12 @@ def apply_augmentation(aug, image, masks, class_ids, min_area=1):
                         f"{type(aug).__name__}")
     n = masks.shape[-1]
     if n == 0:
-        out = _call(aug, image=image)
+        out = call_pipeline(aug, image=image)
         img = out["image"]
         return img, np.zeros(img.shape[:2] + (0,), dtype=bool), ids
-    out = _call(aug, image=image, masks=[np.ascontiguousarray(masks[..., k], dtype=np.uint8)
-                                         for k in range(n)])
+    out = call_pipeline(aug, image=image,
+                        masks=[np.ascontiguousarray(masks[..., k], dtype=np.uint8)
+                               for k in range(n)])
     img = out["image"]
     new = np.stack([np.asarray(m) > 0 for m in out["masks"]], axis=-1)
     if new.shape[:2] != img.shape[:2]:
@@ -112,21 +113,35 @@ def apply_augmentation(aug, image, masks, class_ids, min_area=1):
     return img, new[..., keep], ids[keep]
 
 
+class AugmentationCallable:
+    """``callable(image, masks, class_ids)`` applying an albumentations ``pipeline``
+    (None passes through) and dropping instances under ``min_area`` pixels.
+
+    Picklable with its pipeline, so it travels to data-loading worker processes; the
+    loader (``colabrcnn/data/sample.py``) unwraps it to move bit-packed masks.
+    """
+
+    def __init__(self, pipeline, min_area=1):
+        self.pipeline = pipeline
+        self.min_area = min_area
+
+    def __call__(self, image, masks, class_ids):
+        return apply_augmentation(self.pipeline, image, masks, class_ids,
+                                  min_area=self.min_area)
+
+
 def augmentation_callable(aug, min_area=1):
     """``callable(image, masks, class_ids)`` applying ``aug`` (None passes through).
 
-    The form the training loader takes (``colabrcnn.utils.load_image_gt``); a
-    ``functools.partial``, so it pickles to data-loading worker processes with its
-    pipeline.
+    The form matterport-style code passes as ``augmentation=`` (``load_image_gt``,
+    ``train``); see :class:`AugmentationCallable`.
     """
-    return functools.partial(_apply_positional, aug, min_area)
+    return AugmentationCallable(aug, min_area)
 
 
-def _apply_positional(aug, min_area, image, masks, class_ids):
-    return apply_augmentation(aug, image, masks, class_ids, min_area=min_area)
-
-
-def _call(aug, **data):
+def call_pipeline(aug, **data):
+    """``aug(**data)`` for an albumentations-style transform, with errors that say what
+    form is expected (imgaug augmenters are not)."""
     try:
         out = aug(**data)
     except TypeError as e:
@@ -139,3 +154,40 @@ def _call(aug, **data):
         raise TypeError("augmentation must return a dict with 'image' (and 'masks'), as "
                         "albumentations transforms do")
     return out
+
+
+# Transforms that only move pixels (or pad/crop/resize): with nearest-neighbour mask
+# interpolation and a zero mask fill they keep bit-packed masks exact.
+PIXEL_MOVING = {
+    "HorizontalFlip", "VerticalFlip", "Transpose", "RandomRotate90", "D4",
+    "SquareSymmetry", "Rotate", "SafeRotate", "Affine", "ShiftScaleRotate", "Perspective",
+    "RandomScale", "Resize", "LongestMaxSize", "SmallestMaxSize", "PadIfNeeded", "Pad",
+    "Crop", "CenterCrop", "RandomCrop", "RandomResizedCrop", "RandomSizedCrop",
+    "CropAndPad", "ElasticTransform", "GridDistortion", "OpticalDistortion",
+    "PiecewiseAffine", "ThinPlateSpline", "NoOp", "ToGray",
+}
+
+
+def is_albumentations(obj):
+    """Whether ``obj`` is an albumentations transform (or Compose)."""
+    return any(c.__module__.split(".")[0] == "albumentations" for c in type(obj).__mro__)
+
+
+def keeps_packed_masks(transform):
+    """True if every transform in the pipeline keeps bit-packed masks exact."""
+    children = getattr(transform, "transforms", None)
+    if children is not None and not hasattr(transform, "apply"):  # a Compose/OneOf/...
+        return all(keeps_packed_masks(t) for t in children)
+    names = {c.__name__ for c in type(transform).__mro__}
+    if "ImageOnlyTransform" in names:
+        return True
+    if type(transform).__name__ not in PIXEL_MOVING:
+        return False
+    interp = getattr(transform, "mask_interpolation", cv2.INTER_NEAREST)
+    if interp not in (None, cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT):
+        return False
+    for name in ("fill_mask", "mask_value", "cval_mask"):  # albumentations 2 / 1.x names
+        fill = getattr(transform, name, 0)
+        if fill is not None and np.any(np.asarray(fill) != 0):
+            return False
+    return True

@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 
 from ..errors import AnnotationError
-from .formats.common import instance_mask
+from .formats.geometry import instance_mask
 
 
 def _image_file(dataset, image_id, info, out_dir):

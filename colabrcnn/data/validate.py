@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import AnnotationError
-from .formats.common import (ERROR, INFO, WARNING, ImageRecord, clip_polygon, instance_mask,
-                             polygon_outside_fraction, rasterize_polygons)
+from .formats.geometry import (clip_polygon, instance_mask, polygon_outside_fraction,
+                               rasterize_polygons)
+from .formats.records import ERROR, INFO, WARNING, ImageRecord
 
 KIND_TEXT = {
     "missing_image": "image file not found",

@@ -1,4 +1,5 @@
-"""The five Mask R-CNN losses, under matterport's names, each a layer returning a scalar.
+"""The three Mask R-CNN head losses, under matterport's names, each a layer returning a
+scalar (the two RPN losses are in ``model/rpn.py``).
 
 Every loss averages over the elements that count (anchors with a label, valid ROIs,
 positive ROIs) and is 0 when there are none, never NaN.
@@ -7,45 +8,16 @@ import keras
 from keras import ops
 
 
-def _masked_mean(values, weights):
+def masked_mean(values, weights):
+    """Mean of ``values`` where ``weights`` (0 or 1) say so; 0 when none count."""
     weights = ops.cast(weights, "float32")
     return ops.sum(values * weights) / ops.maximum(ops.sum(weights), 1.0)
 
 
 def smooth_l1(diff):
+    """Smooth L1 (Huber with delta 1) of each element."""
     a = ops.abs(diff)
     return ops.where(a < 1.0, 0.5 * a * a, a - 0.5)
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class RPNClassLoss(keras.layers.Layer):
-    """rpn_match [B, A, 1] (1 / -1 / 0 neutral), rpn_class_logits [B, A, 2]."""
-
-    def call(self, rpn_match, logits):
-        match = ops.cast(ops.squeeze(rpn_match, -1), "int32")
-        labels = ops.cast(match == 1, "int32")
-        ce = keras.losses.sparse_categorical_crossentropy(
-            labels, ops.cast(logits, "float32"), from_logits=True)
-        return _masked_mean(ce, match != 0)
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class RPNBBoxLoss(keras.layers.Layer):
-    """target_bbox [B, K, 4] packed in order of the positive anchors in rpn_match
-    [B, A, 1]; rpn_bbox [B, A, 4] predicted deltas."""
-
-    def call(self, target_bbox, rpn_match, rpn_bbox):
-        k = target_bbox.shape[1]
-        match = ops.cast(ops.squeeze(rpn_match, -1), "int32")
-        num_anchors = ops.shape(match)[1]
-        # First k positive anchors in index order: top-k of (A - index) on positives.
-        key = ops.where(match == 1, num_anchors - ops.arange(num_anchors)[None, :], 0)
-        key_val, idx = ops.top_k(key, k)
-        pred = ops.take_along_axis(ops.cast(rpn_bbox, "float32"),
-                                   ops.expand_dims(idx, -1), axis=1)   # [B, k, 4]
-        loss = smooth_l1(ops.cast(target_bbox, "float32") - pred)
-        valid = ops.expand_dims(ops.cast(key_val > 0, "float32"), -1) * ops.ones_like(loss)
-        return _masked_mean(loss, valid)
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
@@ -61,7 +33,7 @@ class MRCNNClassLoss(keras.layers.Layer):
         pred_ids = ops.argmax(logits, axis=-1)
         active = ops.take_along_axis(ops.cast(active_class_ids, "float32"),
                                      ops.cast(pred_ids, "int32"), axis=1)
-        return _masked_mean(ce, ops.cast(roi_valid, "float32") * active)
+        return masked_mean(ce, ops.cast(roi_valid, "float32") * active)
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
@@ -74,7 +46,7 @@ class MRCNNBBoxLoss(keras.layers.Layer):
         p = ops.take_along_axis(ops.cast(pred, "float32"), idx, axis=2)[:, :, 0, :]
         loss = smooth_l1(ops.cast(target_deltas, "float32") - p)          # [B, T, 4]
         positive = ops.expand_dims(ops.cast(target > 0, "float32"), -1) * ops.ones_like(loss)
-        return _masked_mean(loss, positive)
+        return masked_mean(loss, positive)
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
@@ -89,4 +61,4 @@ class MRCNNMaskLoss(keras.layers.Layer):
             ops.expand_dims(ops.cast(target_masks, "float32"), -1),
             ops.expand_dims(logits, -1), from_logits=True)               # [B, T, h, w]
         positive = ops.cast(target > 0, "float32")[..., None, None] * ops.ones_like(bce)
-        return _masked_mean(bce, positive)
+        return masked_mean(bce, positive)

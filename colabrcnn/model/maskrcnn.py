@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
+import logging
 import os
 import re
 
@@ -23,83 +24,24 @@ from keras import layers, ops
 
 from .. import distribute
 from .. import train as train_lib
-from .. import utils
+from ..boxes import norm_boxes
 from ..config import LOSS_NAMES
+from ..data.dataset import to_rgb_uint8
 from ..errors import ConfigError, WeightsError
-from .backbone import build_rpn_model, fpn_graph, resnet_graph
+from . import transform
+from .anchors import compute_backbone_shapes, get_anchors
+from .backbone import resnet_graph
 from .detection import DetectionLayer
+from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
-from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss, RPNBBoxLoss, RPNClassLoss
-from .proposals import ProposalLayer
+from .layers import ActiveClassIds, DetectionBoxes, MetaWindow, NormBoxes
+from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
+from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
+from .spec import LAYER_REGEX  # noqa: F401 (matterport's presets, importable here)
 from .targets import DetectionTargetLayer
 
-LAYER_REGEX = train_lib.LAYER_REGEX  # matterport's presets, kept importable here
-
-
-# ------------------------------------------------------------------ small graph layers
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class NormBoxes(layers.Layer):
-    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape."""
-
-    def __init__(self, image_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.image_shape = [int(v) for v in image_shape[:2]]
-
-    def call(self, boxes):
-        h, w = self.image_shape
-        scale = ops.convert_to_tensor([h - 1.0, w - 1.0, h - 1.0, w - 1.0])
-        shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0])
-        return (ops.cast(boxes, "float32") - shift) / scale
-
-    def compute_output_shape(self, s):
-        return s
-
-    def get_config(self):
-        return {**super().get_config(), "image_shape": self.image_shape}
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class MetaWindow(layers.Layer):
-    """image_meta [B, META] -> normalized window [B, 4] (where the real image sits)."""
-
-    def __init__(self, image_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.norm = NormBoxes(image_shape)
-
-    def build(self, input_shape):
-        self.norm.build((input_shape[0], 4))  # no weights; marks the sub-layer built
-
-    def call(self, meta):
-        return self.norm(ops.cast(meta[:, 7:11], "float32"))
-
-    def compute_output_shape(self, s):
-        return (s[0], 4)
-
-    def get_config(self):
-        return {**super().get_config(), "image_shape": self.norm.image_shape}
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class ActiveClassIds(layers.Layer):
-    """image_meta [B, META] -> active_class_ids [B, NUM_CLASSES]."""
-
-    def call(self, meta):
-        return ops.cast(meta[:, 12:], "float32")
-
-    def compute_output_shape(self, s):
-        return (s[0], s[1] - 12)
-
-
-@keras.saving.register_keras_serializable(package="colabrcnn")
-class DetectionBoxes(layers.Layer):
-    """detections [B, N, 6] -> boxes [B, N, 4]."""
-
-    def call(self, det):
-        return det[..., :4]
-
-    def compute_output_shape(self, s):
-        return tuple(s[:-1]) + (4,)
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- training model
@@ -183,10 +125,9 @@ class MaskRCNN:
 
     # ------------------------------------------------------------------- building
     def _image_shape(self, mode):
-        c = self.config
-        if mode == "inference" and c.IMAGE_RESIZE_MODE == "crop":
-            return np.array([c.IMAGE_MAX_DIM, c.IMAGE_MAX_DIM, c.IMAGE_CHANNEL_COUNT])
-        return np.asarray(c.IMAGE_SHAPE)
+        if mode == "inference":
+            return transform.inference_image_shape(self.config)
+        return np.asarray(self.config.IMAGE_SHAPE)
 
     def _build_layers(self):
         """Create every weight-owning part once."""
@@ -218,13 +159,13 @@ class MaskRCNN:
                 layers.Concatenate(axis=1, name="rpn_bbox")(list(bbox)))
 
     def _anchors(self, image_shape):
-        return utils.norm_boxes(utils.get_anchors(self.config, image_shape), image_shape)
+        return norm_boxes(get_anchors(self.config, image_shape), image_shape)
 
     def _anchor_params(self, image_shape):
         """What ProposalLayer needs to regenerate ``_anchors`` (saved with exports)."""
         c = self.config
         return {"scales": list(c.RPN_ANCHOR_SCALES), "ratios": list(c.RPN_ANCHOR_RATIOS),
-                "feature_shapes": utils.compute_backbone_shapes(c, image_shape).tolist(),
+                "feature_shapes": compute_backbone_shapes(c, image_shape).tolist(),
                 "feature_strides": list(c.BACKBONE_STRIDES),
                 "anchor_stride": c.RPN_ANCHOR_STRIDE, "image_shape": list(image_shape[:2])}
 
@@ -236,86 +177,106 @@ class MaskRCNN:
 
     def _wire(self, mode):
         """Build the training or inference keras Model from the shared layers."""
+        if mode == "training":
+            return self._training_graph()
+        return self._inference_graph()
+
+    def _stem(self, mode):
+        """Inputs, backbone + FPN and RPN of either graph, and both ROIAligns."""
         c = self.config
-        shape = self._image_shape(mode)
-        image_shape = tuple(int(v) for v in shape)
+        image_shape = tuple(int(v) for v in self._image_shape(mode))
         input_image = keras.Input(shape=image_shape, name="input_image")
         input_meta = keras.Input(shape=(c.IMAGE_META_SIZE,), name="input_image_meta")
         pyramid = self.backbone(input_image)
-        p2, p3, p4, p5, _ = pyramid
         rpn_logits, rpn_probs, rpn_bbox = self._rpn(pyramid)
-        anchors = self._anchors(image_shape)
         roi_align = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), image_shape,
                                     name="roi_align_classifier")
         mask_align = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE), image_shape,
                                      name="roi_align_mask")
+        return (image_shape, input_image, input_meta, pyramid[:4],
+                (rpn_logits, rpn_probs, rpn_bbox), roi_align, mask_align)
 
-        if mode == "training":
-            num_anchors = anchors.shape[0]
-            input_rpn_match = keras.Input(shape=(num_anchors, 1), dtype="int32",
-                                          name="input_rpn_match")
-            input_rpn_bbox = keras.Input(shape=(c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
-                                         name="input_rpn_bbox")
-            input_gt_class_ids = keras.Input(shape=(c.MAX_GT_INSTANCES,), dtype="int32",
-                                             name="input_gt_class_ids")
-            input_gt_boxes = keras.Input(shape=(c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
-            mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
-            input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
-                                         name="input_gt_masks")
-            gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes", dtype="float32")(
-                input_gt_boxes)
-            rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD,
-                                     c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                     anchor_params=self._anchor_params(image_shape),
-                                     name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
-            rois, target_class_ids, target_deltas, target_masks, roi_valid = \
-                DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
-                                     c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
-                                     name="proposal_targets", dtype="float32")(
-                    rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
-            t = c.TRAIN_ROIS_PER_IMAGE
-            class_logits, _, deltas = self.classifier(roi_align(rois, p2, p3, p4, p5), t)
-            mask_logits = self.mask_head(mask_align(rois, p2, p3, p4, p5), t)
-            active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
-            losses = {
-                "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(input_rpn_match,
-                                                                      rpn_logits),
-                "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss", dtype="float32")(input_rpn_bbox,
-                                                                   input_rpn_match, rpn_bbox),
-                "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss", dtype="float32")(
-                    target_class_ids, class_logits, roi_valid, active),
-                "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss", dtype="float32")(
-                    target_deltas, target_class_ids, deltas),
-                "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss", dtype="float32")(
-                    target_masks, target_class_ids, mask_logits),
-            }
-            inputs = [input_image, input_meta, input_rpn_match, input_rpn_bbox,
-                      input_gt_class_ids, input_gt_boxes, input_gt_masks]
-            model = TrainingModel(inputs=inputs, outputs=losses, name="mask_rcnn_training",
-                                  loss_weights=c.LOSS_WEIGHTS, weight_decay=c.WEIGHT_DECAY)
-        else:
-            rpn_rois = ProposalLayer(anchors, c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD,
-                                     c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                                     anchor_params=self._anchor_params(image_shape),
-                                     name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
-            r = c.POST_NMS_ROIS_INFERENCE
-            _, probs, deltas = self.classifier(roi_align(rpn_rois, p2, p3, p4, p5), r)
-            window = MetaWindow(image_shape, name="window", dtype="float32")(input_meta)
-            detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
-                                        c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
-                                        name="mrcnn_detection", dtype="float32")(rpn_rois, probs, deltas, window)
-            det_boxes = DetectionBoxes(name="detection_boxes", dtype="float32")(detections)
-            mask_logits = self.mask_head(mask_align(det_boxes, p2, p3, p4, p5),
-                                         c.DETECTION_MAX_INSTANCES)
-            masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
-                                      dtype="float32")(mask_logits)
-            model = keras.Model(
-                [input_image, input_meta],
-                {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
-                 "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
-                 "rpn_bbox": rpn_bbox},
-                name="mask_rcnn_inference")
-        return model
+    def _proposals(self, image_shape, count, rpn_probs, rpn_bbox):
+        """[B, count, 4] normalized ROIs from the RPN outputs."""
+        c = self.config
+        return ProposalLayer(self._anchors(image_shape), count, c.RPN_NMS_THRESHOLD,
+                             c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
+                             anchor_params=self._anchor_params(image_shape),
+                             name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
+
+    def _training_graph(self):
+        """Images and targets in, matterport's five losses out (a TrainingModel)."""
+        c = self.config
+        image_shape, input_image, input_meta, fmaps, rpn, roi_align, mask_align = \
+            self._stem("training")
+        rpn_logits, rpn_probs, rpn_bbox = rpn
+        num_anchors = self._anchors(image_shape).shape[0]
+        input_rpn_match = keras.Input(shape=(num_anchors, 1), dtype="int32",
+                                      name="input_rpn_match")
+        input_rpn_bbox = keras.Input(shape=(c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
+                                     name="input_rpn_bbox")
+        input_gt_class_ids = keras.Input(shape=(c.MAX_GT_INSTANCES,), dtype="int32",
+                                         name="input_gt_class_ids")
+        input_gt_boxes = keras.Input(shape=(c.MAX_GT_INSTANCES, 4), name="input_gt_boxes")
+        mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
+        input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
+                                     name="input_gt_masks")
+        gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes", dtype="float32")(
+            input_gt_boxes)
+        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_TRAINING, rpn_probs,
+                                   rpn_bbox)
+        rois, target_class_ids, target_deltas, target_masks, roi_valid = \
+            DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
+                                 c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
+                                 name="proposal_targets", dtype="float32")(
+                rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
+        t = c.TRAIN_ROIS_PER_IMAGE
+        class_logits, _, deltas = self.classifier(roi_align(rois, *fmaps), t)
+        mask_logits = self.mask_head(mask_align(rois, *fmaps), t)
+        active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
+        losses = {
+            "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(
+                input_rpn_match, rpn_logits),
+            "rpn_bbox_loss": RPNBBoxLoss(name="rpn_bbox_loss", dtype="float32")(
+                input_rpn_bbox, input_rpn_match, rpn_bbox),
+            "mrcnn_class_loss": MRCNNClassLoss(name="mrcnn_class_loss", dtype="float32")(
+                target_class_ids, class_logits, roi_valid, active),
+            "mrcnn_bbox_loss": MRCNNBBoxLoss(name="mrcnn_bbox_loss", dtype="float32")(
+                target_deltas, target_class_ids, deltas),
+            "mrcnn_mask_loss": MRCNNMaskLoss(name="mrcnn_mask_loss", dtype="float32")(
+                target_masks, target_class_ids, mask_logits),
+        }
+        inputs = [input_image, input_meta, input_rpn_match, input_rpn_bbox,
+                  input_gt_class_ids, input_gt_boxes, input_gt_masks]
+        return TrainingModel(inputs=inputs, outputs=losses, name="mask_rcnn_training",
+                             loss_weights=c.LOSS_WEIGHTS, weight_decay=c.WEIGHT_DECAY)
+
+    def _inference_graph(self):
+        """Images and meta in; detections, masks and the RPN's outputs out."""
+        c = self.config
+        image_shape, input_image, input_meta, fmaps, rpn, roi_align, mask_align = \
+            self._stem("inference")
+        _, rpn_probs, rpn_bbox = rpn
+        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_INFERENCE, rpn_probs,
+                                   rpn_bbox)
+        r = c.POST_NMS_ROIS_INFERENCE
+        _, probs, deltas = self.classifier(roi_align(rpn_rois, *fmaps), r)
+        window = MetaWindow(image_shape, name="window", dtype="float32")(input_meta)
+        detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
+                                    c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
+                                    name="mrcnn_detection", dtype="float32")(
+            rpn_rois, probs, deltas, window)
+        det_boxes = DetectionBoxes(name="detection_boxes", dtype="float32")(detections)
+        mask_logits = self.mask_head(mask_align(det_boxes, *fmaps),
+                                     c.DETECTION_MAX_INSTANCES)
+        masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
+                                  dtype="float32")(mask_logits)
+        return keras.Model(
+            [input_image, input_meta],
+            {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
+             "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
+             "rpn_bbox": rpn_bbox},
+            name="mask_rcnn_inference")
 
     # ------------------------------------------------------------------- weights
     def save_weights(self, path):
@@ -560,49 +521,18 @@ class MaskRCNN:
 
     # ------------------------------------------------------------------ inference
     def mold_inputs(self, images):
-        """Resize/pad images for the network.
+        """Resize/pad images for the network (see colabrcnn.model.transform).
 
         Returns molded_images [N, H, W, 3] float32, image_metas [N, META], windows [N, 4].
         """
-        c = self.config
-        mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
-        shape = self._image_shape("inference")
-        molded, metas, windows = [], [], []
-        for image in images:
-            from ..data.dataset import to_rgb_uint8
-            image = to_rgb_uint8(image)
-            m, window, scale, padding, crop = utils.resize_image(
-                image, min_dim=c.IMAGE_MIN_DIM, min_scale=c.IMAGE_MIN_SCALE,
-                max_dim=c.IMAGE_MAX_DIM, mode=mode)
-            m = utils.pad_to_shape(m, shape)
-            meta = utils.compose_image_meta(0, image.shape, m.shape, window, scale,
-                                            np.zeros([c.NUM_CLASSES], dtype=np.int32))
-            molded.append(utils.mold_image(m, c))
-            metas.append(meta)
-            windows.append(window)
-        return np.stack(molded), np.stack(metas), np.array(windows)
+        return transform.mold_inputs([to_rgb_uint8(image) for image in images],
+                                     self.config)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape,
                           window):
         """One image's network outputs -> boxes, class ids, scores and full-size masks."""
-        n = int(np.sum(detections[:, 4] > 0))
-        boxes = detections[:n, :4]
-        class_ids = detections[:n, 4].astype(np.int32)
-        scores = detections[:n, 5]
-        masks = mrcnn_mask[np.arange(n), :, :, class_ids]
-        # Normalized (molded image) -> normalized (window) -> original pixels.
-        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.array(window)[None], image_shape[:2])[0]
-        shift = np.array([wy1, wx1, wy1, wx1])
-        scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-        boxes = utils.denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
-        keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
-        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], \
-            masks[keep]
-        full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape)
-                for i in range(len(keep))]
-        full = np.stack(full, axis=-1) if full else \
-            np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
-        return boxes, class_ids, scores, full
+        return transform.unmold_detections(detections, mrcnn_mask, original_image_shape,
+                                           image_shape, window)
 
     def detect(self, images, verbose=0):
         """Detect instances in a list of images (any count; batched by BATCH_SIZE).
@@ -622,7 +552,7 @@ class MaskRCNN:
                 molded = np.concatenate([molded, np.repeat(molded[:1], pad, 0)])
                 metas = np.concatenate([metas, np.repeat(metas[:1], pad, 0)])
             if verbose:
-                print(f"Processing {len(chunk)} images; molded {molded.shape}")
+                logger.info("Processing %d images; molded %s", len(chunk), molded.shape)
             inputs = {"input_image": molded, "input_image_meta": metas}
             with self.scope():
                 if self.distribution.distributed:

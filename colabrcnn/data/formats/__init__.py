@@ -7,7 +7,26 @@
     ds = load("images", mask_dir="masks")  # mask PNGs
 
 or call a reader directly: :func:`load_via`, :func:`load_labelme`, :func:`load_coco`,
-:func:`load_mask_folder`. Record layout and pixel convention: ``formats/common.py``.
+:func:`load_mask_folder`.
+
+Modules: ``io.py`` (JSON, image headers, base64, image paths, label images),
+``geometry.py`` (polygons, clipping, rasterising, RLE, bitmaps), ``records.py`` (the
+record layout every reader produces: :class:`AnnotatedDataset`, :class:`ImageRecord`,
+the builder the readers share), one module per format.
+
+Pixel convention
+----------------
+Coordinates are in pixels with the origin at the top-left *corner* of the image, as in
+VIA, LabelMe and COCO: pixel (row r, column c) is the unit square [c, c+1) x [r, r+1)
+with its centre at (c + 0.5, r + 0.5). Polygons are rasterised by pycocotools, the same
+rasteriser COCO evaluation uses, which takes (very nearly) the pixels whose centres lie
+inside the polygon. A rectangle x=2, y=3, width=4, height=5 therefore covers exactly
+columns 2..5 and rows 3..7 (4 x 5 pixels), and a polygon written to COCO by
+:func:`colabrcnn.data.convert.to_coco` gives the same mask when pycocotools reads it back.
+(matterport's balloon sample used ``skimage.draw.polygon``, which puts pixel centres on
+integer coordinates: masks differ from it by half a pixel.) Circles, ellipses and
+rectangles are stored as polygons (``geometry.ellipse_polygon``), so every reader and
+``to_coco`` share one geometry path.
 """
 from __future__ import annotations
 
@@ -16,7 +35,8 @@ import os
 
 from ...errors import AnnotationError
 from .coco import is_coco, load_coco
-from .common import AnnotatedDataset, ImageRecord, json_cache, read_json
+from .io import json_cache, read_json
+from .records import AnnotatedDataset, ImageRecord
 from .labelme import is_labelme, load_labelme
 from .masks import load_mask_folder
 from .via import is_via, is_via3, load_via

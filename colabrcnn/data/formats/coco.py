@@ -17,9 +17,9 @@ import os
 import numpy as np
 
 from ...errors import AnnotationError
-from .common import (ERROR, WARNING, DatasetBuilder, make_instance, normalize_rle, number,
-                     number_list, polygon_area, read_json, resolve_image_path, short,
-                     type_name, warn_read_issues)
+from .geometry import normalize_rle, polygon_part
+from .io import number, number_list, read_json, resolve_image_path, short, type_name
+from .records import ERROR, DatasetBuilder, make_instance, warn_read_issues
 
 
 def is_coco(data):
@@ -54,10 +54,8 @@ def _polygons(seg, w):
         if len(coords) % 2:
             raise AnnotationError(f"segmentation[{j}] has {len(coords)} numbers; a polygon is "
                                   "x, y pairs", **w)
-        pts = np.array(coords, dtype=np.float64).reshape(-1, 2)
-        if len(pts) > 1 and np.all(pts[0] == pts[-1]):
-            pts = pts[:-1]
-        if len(pts) < 3 or polygon_area(pts) == 0:
+        pts, problem = polygon_part(np.array(coords, dtype=np.float64))
+        if problem is not None:
             dropped += 1
             continue
         parts.append(pts)
@@ -157,7 +155,7 @@ def load_coco(json_path, image_dir=None, classes=None):
                               field="annotations", **jw)
     for i, a in enumerate(anns):
         fw = dict(jw, field=f"annotations[{i}]")
-        try:
+        with b.reading("annotation", fw) as r:
             if not isinstance(a, dict):
                 raise AnnotationError(f"an annotation must be an object, got {type_name(a)}",
                                       **fw)
@@ -190,20 +188,14 @@ def load_coco(json_path, image_dir=None, classes=None):
             else:
                 raise AnnotationError(f"segmentation must be polygons (a list) or an RLE "
                                       f"object, got {type_name(seg)}", **fw)
-        except AnnotationError as e:
-            b.error(e)
-            continue
-        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-            b.error(AnnotationError(f"cannot read this annotation ({type(e).__name__}: {e})",
-                                    **fw))
+        if not r.ok:
             continue
         if cid not in cat_name:
             b.note(rec, region, "unknown_label", f"category_id {cid!r} is not in "
                    "'categories'; the annotation is left out", ERROR)
             continue
         if problem is not None:
-            kind, msg = problem
-            b.note(rec, region, kind, msg, WARNING if kind == "degenerate_part" else ERROR)
+            b.note_problem(rec, region, problem)
             if not parts:
                 continue
         shape = "rle" if rle is not None else "polygon"

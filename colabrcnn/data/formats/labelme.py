@@ -22,9 +22,9 @@ import os
 import numpy as np
 
 from ...errors import AnnotationError
-from .common import (ERROR, WARNING, DatasetBuilder, decode_base64_image, ellipse_polygon,
-                     make_instance, number, polygon_area, read_json, rect_polygon,
-                     resolve_image_path, short, type_name, warn_read_issues)
+from .geometry import ellipse_polygon, polygon_part, rect_polygon
+from .io import decode_base64_image, number, read_json, resolve_image_path, short, type_name
+from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 NO_AREA_SHAPES = ("line", "linestrip", "point", "points")
@@ -57,15 +57,8 @@ def _shape_geometry(shape, w):
         raise AnnotationError("shape has no 'points'", **w)
     pts = _points(shape["points"], w)
     if st == "polygon":
-        if len(pts) > 1 and np.all(pts[0] == pts[-1]):
-            pts = pts[:-1]
-        if len(pts) < 3:
-            return st, [], None, ("degenerate", f"polygon has {len(pts)} point(s); an area "
-                                  "needs at least 3: redraw it or delete it")
-        if polygon_area(pts) == 0:
-            return st, [], None, ("degenerate", "polygon has zero area (all its points lie on"
-                                  " one line): redraw it or delete it")
-        return st, [pts], None, None
+        pts, problem = polygon_part(pts, st)
+        return st, ([] if problem else [pts]), None, problem
     if st == "rectangle":
         if len(pts) not in (2, 4):
             raise AnnotationError(f"rectangle needs 2 corner points, has {len(pts)}", **w)
@@ -213,7 +206,7 @@ def _read_file(b, jf, data, image_dir):
     groups = {}  # (label, group_id) -> instance, in order of first appearance
     for i, shape in enumerate(shapes):
         fw = dict(w, field=f"shapes[{i}]")
-        try:
+        with b.reading("shape", fw) as r:
             if not isinstance(shape, dict):
                 raise AnnotationError(f"a shape must be an object, got {type_name(shape)}", **fw)
             label = _label(shape, fw)
@@ -222,16 +215,11 @@ def _read_file(b, jf, data, image_dir):
             if gid is not None and (isinstance(gid, bool) or not isinstance(gid, (int, str))):
                 raise AnnotationError(f"group_id must be a whole number or null, got "
                                       f"{short(gid, 40)}", **fw)
-        except AnnotationError as e:
-            b.error(e)
-            continue
-        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-            b.error(AnnotationError(f"cannot read this shape ({type(e).__name__}: {e})", **fw))
+        if not r.ok:
             continue
         region = f"shapes[{i}] ({st}{', ' + repr(label) if label else ''})"
         if problem is not None:
-            kind, msg = problem
-            b.note(rec, region, kind, msg, WARNING if kind == "skipped_shape" else ERROR)
+            b.note_problem(rec, region, problem)
             continue
         if label is None:
             b.note(rec, region, "no_class", f"{st} has an empty label, so it has no class",

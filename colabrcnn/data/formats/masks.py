@@ -35,8 +35,8 @@ import warnings
 import numpy as np
 
 from ...errors import AnnotationError
-from .common import (ERROR, WARNING, DatasetBuilder, list_image_files, make_instance,
-                     read_json, read_label_image, short, type_name, warn_read_issues)
+from .io import list_image_files, read_json, read_label_image, short, type_name
+from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
 MODES = ("auto", "instance_files", "instance_ids")

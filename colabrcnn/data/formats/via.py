@@ -30,9 +30,10 @@ import warnings
 import numpy as np
 
 from ...errors import AnnotationError
-from .common import (ERROR, WARNING, DatasetBuilder, decode_base64_image, ellipse_polygon,
-                     make_instance, number, number_list, polygon_area, read_json,
-                     rect_polygon, resolve_image_path, short, type_name, warn_read_issues)
+from .geometry import ellipse_polygon, polygon_part, rect_polygon
+from .io import (decode_base64_image, number, number_list, read_json, resolve_image_path,
+                 short, type_name)
+from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
 
 SHAPES = ("polygon", "polyline", "rect", "circle", "ellipse", "point")
 _CLASS_TYPES = ("dropdown", "radio", "checkbox")  # VIA 2 attribute types that are classes
@@ -189,16 +190,8 @@ def _region_geometry(sa, w):
         if len(xs) != len(ys):
             raise AnnotationError(f"all_points_x has {len(xs)} values but all_points_y has "
                                   f"{len(ys)}", **w)
-        pts = np.array([xs, ys], dtype=np.float64).T.reshape(-1, 2)
-        if len(pts) > 1 and np.all(pts[0] == pts[-1]):
-            pts = pts[:-1]  # some tools repeat the first point at the end
-        if len(pts) < 3:
-            return name, [], ("degenerate", f"{name} has {len(pts)} point(s); an area needs "
-                              "at least 3: redraw it or delete it")
-        if polygon_area(pts) == 0:
-            return name, [], ("degenerate", f"{name} has zero area (all its points lie on "
-                              "one line): redraw it or delete it")
-        return name, [pts], None
+        pts, problem = polygon_part(np.array([xs, ys], dtype=np.float64).T, name)
+        return name, ([] if problem else [pts]), problem
     if name == "rect":
         x, y = number(need("x"), "x", **w), number(need("y"), "y", **w)
         wd, ht = number(need("width"), "width", **w), number(need("height"), "height", **w)
@@ -324,7 +317,7 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
             continue
         for field, region in pairs:
             fw = dict(w, field=field)
-            try:
+            with b.reading("region", fw) as r:
                 if not isinstance(region, dict):
                     raise AnnotationError(f"a region must be an object, got "
                                           f"{type_name(region)}", **fw)
@@ -332,19 +325,11 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
                     raise AnnotationError("region has no shape_attributes", **fw)
                 shape, parts, problem = _region_geometry(region["shape_attributes"], fw)
                 label, no_class = _region_label(region, class_attribute, default_class, fw)
-            except AnnotationError as e:
-                b.error(e)
-                continue
-            except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-                # A structure none of the checks above foresaw; still name the place.
-                b.error(AnnotationError(f"cannot read this region ({type(e).__name__}: {e})",
-                                        **fw))
+            if not r.ok:
                 continue
             region_name = f"{field} ({shape})"
             if problem is not None:
-                kind, msg = problem
-                b.note(rec, region_name, kind, msg,
-                       WARNING if kind == "skipped_shape" else ERROR)
+                b.note_problem(rec, region_name, problem)
                 continue
             if no_class is not None:
                 b.note(rec, region_name, "no_class", f"{shape} {no_class}", ERROR)

@@ -1,22 +1,50 @@
-"""Proposal selection: RPN scores and deltas -> a fixed number of ROIs per image."""
+"""Region proposal network: the shared RPN head, proposal selection and the RPN losses.
+
+build_rpn_model: one pyramid level [B, h, w, C] -> objectness logits/probs and box deltas
+    per anchor (one set of weights, ``rpn_model``, applied to every level).
+ProposalLayer: RPN scores and deltas -> a fixed number of ROIs per image (top-k, NMS).
+RPNClassLoss / RPNBBoxLoss: the losses against ``build_rpn_targets`` (``model/anchors.py``).
+"""
 import keras
 import numpy as np
-from keras import ops
+from keras import layers, ops
 
+from ..boxes import norm_boxes
 from . import ops as cops
+from .anchors import generate_pyramid_anchors
 from .boxes import apply_box_deltas
+from .losses import masked_mean, smooth_l1
+
+
+def build_rpn_model(anchors_per_location: int, anchor_stride: int, depth: int) -> keras.Model:
+    """RPN head applied to every pyramid level with shared weights ('rpn_model').
+
+    [B, h, w, depth] -> rpn_class_logits [B, h*w*A, 2], rpn_probs [B, h*w*A, 2],
+    rpn_bbox [B, h*w*A, 4] (deltas), A = anchors_per_location.
+    """
+    fmap = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map")
+    shared = layers.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+                           name="rpn_conv_shared")(fmap)
+    x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw",
+                      kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(shared)
+    logits = layers.Reshape((-1, 2))(x)
+    probs = layers.Activation("softmax", name="rpn_class_xxx", dtype="float32")(logits)
+    x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred",
+                      kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(shared)
+    bbox = layers.Reshape((-1, 4))(x)
+    return keras.Model(fmap, [logits, probs, bbox], name="rpn_model")
+
 
 ANCHOR_PARAM_KEYS = ("scales", "ratios", "feature_shapes", "feature_strides",
                      "anchor_stride", "image_shape")
 
 
-def anchors_from_params(params):
+def anchors_from_params(params: dict) -> np.ndarray:
     """Normalized anchors [A, 4] from their generation parameters (see ProposalLayer)."""
-    from .. import utils
-    pixels = utils.generate_pyramid_anchors(
+    pixels = generate_pyramid_anchors(
         params["scales"], params["ratios"], params["feature_shapes"],
         params["feature_strides"], params["anchor_stride"]).astype(np.float32)
-    return utils.norm_boxes(pixels, params["image_shape"])
+    return norm_boxes(pixels, params["image_shape"])
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
@@ -82,3 +110,35 @@ class ProposalLayer(keras.layers.Layer):
         if self.anchor_params is not None:  # regenerated on load
             return {**config, "anchors": None, "anchor_params": self.anchor_params}
         return {**config, "anchors": self.anchors.tolist()}
+
+
+# ------------------------------------------------------------------------ losses
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class RPNClassLoss(keras.layers.Layer):
+    """rpn_match [B, A, 1] (1 / -1 / 0 neutral), rpn_class_logits [B, A, 2]."""
+
+    def call(self, rpn_match, logits):
+        match = ops.cast(ops.squeeze(rpn_match, -1), "int32")
+        labels = ops.cast(match == 1, "int32")
+        ce = keras.losses.sparse_categorical_crossentropy(
+            labels, ops.cast(logits, "float32"), from_logits=True)
+        return masked_mean(ce, match != 0)
+
+
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class RPNBBoxLoss(keras.layers.Layer):
+    """target_bbox [B, K, 4] packed in order of the positive anchors in rpn_match
+    [B, A, 1]; rpn_bbox [B, A, 4] predicted deltas."""
+
+    def call(self, target_bbox, rpn_match, rpn_bbox):
+        k = target_bbox.shape[1]
+        match = ops.cast(ops.squeeze(rpn_match, -1), "int32")
+        num_anchors = ops.shape(match)[1]
+        # First k positive anchors in index order: top-k of (A - index) on positives.
+        key = ops.where(match == 1, num_anchors - ops.arange(num_anchors)[None, :], 0)
+        key_val, idx = ops.top_k(key, k)
+        pred = ops.take_along_axis(ops.cast(rpn_bbox, "float32"),
+                                   ops.expand_dims(idx, -1), axis=1)   # [B, k, 4]
+        loss = smooth_l1(ops.cast(target_bbox, "float32") - pred)
+        valid = ops.expand_dims(ops.cast(key_val > 0, "float32"), -1) * ops.ones_like(loss)
+        return masked_mean(loss, valid)

@@ -1,0 +1,68 @@
+"""Small weightless graph layers of the assembly in ``model/maskrcnn.py``: box
+normalisation and reading the image meta vector."""
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class NormBoxes(layers.Layer):
+    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape."""
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = [int(v) for v in image_shape[:2]]
+
+    def call(self, boxes):
+        h, w = self.image_shape
+        scale = ops.convert_to_tensor([h - 1.0, w - 1.0, h - 1.0, w - 1.0])
+        shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0])
+        return (ops.cast(boxes, "float32") - shift) / scale
+
+    def compute_output_shape(self, s):
+        return s
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": self.image_shape}
+
+
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class MetaWindow(layers.Layer):
+    """image_meta [B, META] -> normalized window [B, 4] (where the real image sits)."""
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = NormBoxes(image_shape)
+
+    def build(self, input_shape):
+        self.norm.build((input_shape[0], 4))  # no weights; marks the sub-layer built
+
+    def call(self, meta):
+        return self.norm(ops.cast(meta[:, 7:11], "float32"))
+
+    def compute_output_shape(self, s):
+        return (s[0], 4)
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": self.norm.image_shape}
+
+
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class ActiveClassIds(layers.Layer):
+    """image_meta [B, META] -> active_class_ids [B, NUM_CLASSES]."""
+
+    def call(self, meta):
+        return ops.cast(meta[:, 12:], "float32")
+
+    def compute_output_shape(self, s):
+        return (s[0], s[1] - 12)
+
+
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class DetectionBoxes(layers.Layer):
+    """detections [B, N, 6] -> boxes [B, N, 4]."""
+
+    def call(self, det):
+        return det[..., :4]
+
+    def compute_output_shape(self, s):
+        return tuple(s[:-1]) + (4,)

@@ -1,0 +1,283 @@
+"""Image molding in NumPy, like torchvision's detection ``transform``: what goes into
+the network and how its outputs map back to the original image.
+
+resize_image / resize_mask / placement / resize_scale / scaled_size / pad_to_shape:
+    matterport's resize modes (square, pad64, crop, none), static output shapes.
+minimize_mask / expand_mask / unmold_mask: mini-masks and predicted masks <-> image masks.
+mold_image / unmold_image: uint8 RGB <-> network input (minus MEAN_PIXEL).
+compose_image_meta / parse_image_meta: the per-image meta vector.
+mold_inputs / unmold_detections: a batch of images in, one image's detections out
+    (``MaskRCNN.mold_inputs`` / ``MaskRCNN.unmold_detections`` call these).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..boxes import denorm_boxes, norm_boxes
+from ..errors import ConfigError
+
+
+# ---------------------------------------------------------------------------- images
+def resize_scale(shape, min_dim: int | None = None, max_dim: int | None = None,
+                 min_scale: float | None = None, mode: str = "square") -> float:
+    """The scale ``resize_image`` applies to an image of ``shape`` (H, W, ...)."""
+    if mode == "none":
+        return 1.0
+    h, w = int(shape[0]), int(shape[1])
+    scale = 1.0
+    if min_dim:
+        scale = max(1.0, min_dim / min(h, w))
+    if min_scale and scale < min_scale:
+        scale = min_scale
+    if max_dim and mode == "square":
+        image_max = max(h, w)
+        if round(image_max * scale) > max_dim:
+            scale = max_dim / image_max
+    return scale
+
+
+def scaled_size(shape, scale: float) -> tuple[int, int]:
+    """(height, width) of an image of ``shape`` resized by ``scale`` (as resize_image)."""
+    h, w = int(shape[0]), int(shape[1])
+    if scale == 1:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def placement(shape, min_dim: int | None = None, max_dim: int | None = None,
+              mode: str = "square", rng: np.random.Generator | None = None) -> tuple:
+    """Where a resized image of ``shape`` goes: resize_image's padding and crop.
+
+    Returns (padding, crop, window): padding [(top, bottom), (left, right), (0, 0)] is
+    applied first, then crop (y, x, h, w) or None; window (y1, x1, y2, x2) is the real
+    image inside the result. ``crop`` mode draws the crop from ``rng``.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if mode == "none":
+        return [(0, 0), (0, 0), (0, 0)], None, (0, 0, h, w)
+    if mode == "square":
+        top = (max_dim - h) // 2
+        left = (max_dim - w) // 2
+        padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)]
+        return padding, None, (top, left, h + top, w + left)
+    if mode == "pad64":
+        if min_dim % 64 != 0:
+            raise ConfigError("IMAGE_MIN_DIM must be a multiple of 64 in 'pad64' mode")
+        ph = (64 - h % 64) % 64
+        pw = (64 - w % 64) % 64
+        top, left = ph // 2, pw // 2
+        padding = [(top, ph - top), (left, pw - left), (0, 0)]
+        return padding, None, (top, left, h + top, w + left)
+    if mode == "crop":
+        rng = rng or np.random.default_rng()
+        padding = [(0, 0), (0, 0), (0, 0)]
+        if h < min_dim or w < min_dim:
+            # Small image: pad up to the crop size first (top-left), then crop.
+            ph, pw = max(0, min_dim - h), max(0, min_dim - w)
+            padding = [(0, ph), (0, pw), (0, 0)]
+            h, w = h + ph, w + pw
+        y = int(rng.integers(0, h - min_dim + 1))
+        x = int(rng.integers(0, w - min_dim + 1))
+        return padding, (y, x, min_dim, min_dim), (0, 0, min_dim, min_dim)
+    raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
+
+
+def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | None = None,
+                 min_scale: float | None = None, mode: str = "square",
+                 rng: np.random.Generator | None = None) -> tuple:
+    """Resize keeping the aspect ratio, as matterport's modes do.
+
+    Returns (image, window, scale, padding, crop):
+      window (y1, x1, y2, x2): where the real image sits in the result (excluding padding)
+      padding [(top, bottom), (left, right), (0, 0)]; crop (y, x, h, w) or None.
+    ``crop`` picks a random min_dim x min_dim crop (``rng``: numpy Generator).
+    """
+    image_dtype = image.dtype
+    h, w = image.shape[:2]
+    if mode == "none":
+        return image, (0, 0, h, w), 1.0, [(0, 0), (0, 0), (0, 0)], None
+    if mode not in ("square", "pad64", "crop"):
+        raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
+    scale = resize_scale((h, w), min_dim, max_dim, min_scale, mode)
+    if scale != 1:
+        nh, nw = scaled_size((h, w), scale)
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        if image.ndim == 2:
+            image = image[..., None]
+    padding, crop, window = placement(image.shape, min_dim, max_dim, mode, rng)
+    if any(p != (0, 0) for p in padding[:2]):
+        image = np.pad(image, padding, mode="constant", constant_values=0)
+    if crop is not None:
+        y, x, ch, cw = crop
+        image = image[y:y + ch, x:x + cw]
+    return image.astype(image_dtype), window, scale, padding, crop
+
+
+def resize_mask(mask: np.ndarray, scale: float, padding, crop=None) -> np.ndarray:
+    """Apply resize_image's scale/padding/crop to an H x W x N mask (nearest)."""
+    mask = np.asarray(mask)
+    h, w, n = mask.shape
+    if scale != 1 and n:
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        parts = []
+        # cv2.resize handles at most 512 channels at a time.
+        for i in range(0, n, 512):
+            part = cv2.resize(mask[..., i:i + 512].astype(np.uint8), (nw, nh),
+                              interpolation=cv2.INTER_NEAREST)
+            parts.append(part.reshape(nh, nw, -1))
+        mask = np.concatenate(parts, axis=-1)
+    elif scale != 1:
+        mask = np.zeros((max(1, round(h * scale)), max(1, round(w * scale)), 0), mask.dtype)
+    mask = np.pad(mask, padding, mode="constant", constant_values=0)
+    if crop is not None:
+        y, x, ch, cw = crop
+        mask = mask[y:y + ch, x:x + cw]
+    return mask.astype(bool)
+
+
+def pad_to_shape(image: np.ndarray, shape) -> np.ndarray:
+    """Pad H x W x C at the bottom/right up to shape[:2] (keeps shapes static)."""
+    h, w = image.shape[:2]
+    th, tw = int(shape[0]), int(shape[1])
+    if h > th or w > tw:
+        raise ConfigError(
+            f"image of {h}x{w} does not fit in IMAGE_SHAPE {th}x{tw}; raise IMAGE_MAX_DIM "
+            f"or use IMAGE_RESIZE_MODE='square'")
+    if (h, w) == (th, tw):
+        return image
+    pad = [(0, th - h), (0, tw - w)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, pad, mode="constant", constant_values=0)
+
+
+def minimize_mask(bbox, mask: np.ndarray, mini_shape) -> np.ndarray:
+    """Crop each mask to its box and resize to mini_shape: [H, W, N] -> [h, w, N] bool."""
+    mini = np.zeros(tuple(mini_shape) + (mask.shape[-1],), dtype=bool)
+    for i in range(mask.shape[-1]):
+        y1, x1, y2, x2 = bbox[i][:4]
+        m = mask[y1:y2, x1:x2, i]
+        if m.size == 0:
+            continue
+        m = cv2.resize(m.astype(np.float32), (mini_shape[1], mini_shape[0]),
+                       interpolation=cv2.INTER_LINEAR)
+        mini[:, :, i] = m >= 0.5
+    return mini
+
+
+def expand_mask(bbox, mini_mask: np.ndarray, image_shape) -> np.ndarray:
+    """Inverse of minimize_mask: [h, w, N] -> [H, W, N] bool."""
+    mask = np.zeros(tuple(image_shape[:2]) + (mini_mask.shape[-1],), dtype=bool)
+    for i in range(mask.shape[-1]):
+        y1, x1, y2, x2 = bbox[i][:4]
+        h, w = y2 - y1, x2 - x1
+        if h <= 0 or w <= 0:
+            continue
+        m = cv2.resize(mini_mask[:, :, i].astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_LINEAR)
+        mask[y1:y2, x1:x2, i] = m >= 0.5
+    return mask
+
+
+def unmold_mask(mask: np.ndarray, bbox, image_shape, threshold: float = 0.5) -> np.ndarray:
+    """A predicted [h, w] float mask inside ``bbox`` -> full-image H x W bool mask."""
+    y1, x1, y2, x2 = [int(v) for v in bbox]
+    full = np.zeros(tuple(image_shape[:2]), dtype=bool)
+    # Clip to the image: the box may stick out a little after refinement.
+    cy1, cx1 = max(y1, 0), max(x1, 0)
+    cy2, cx2 = min(y2, image_shape[0]), min(x2, image_shape[1])
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or cy2 <= cy1 or cx2 <= cx1:
+        return full
+    m = cv2.resize(mask.astype(np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+    full[cy1:cy2, cx1:cx2] = m[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1] >= threshold
+    return full
+
+
+def mold_image(images: np.ndarray, config) -> np.ndarray:
+    """uint8 RGB -> float32 minus MEAN_PIXEL (what the network and the weights expect)."""
+    return images.astype(np.float32) - config.MEAN_PIXEL
+
+
+def unmold_image(normalized_images: np.ndarray, config) -> np.ndarray:
+    """Inverse of mold_image: float32 -> uint8 RGB."""
+    return (normalized_images + config.MEAN_PIXEL).clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------- image meta
+def compose_image_meta(image_id, original_image_shape, image_shape, window, scale,
+                       active_class_ids) -> np.ndarray:
+    """[1 + 3 + 3 + 4 + 1 + NUM_CLASSES] float32 vector describing one molded image."""
+    return np.array([image_id] + list(original_image_shape) + list(image_shape)
+                    + list(window) + [scale] + list(active_class_ids), dtype=np.float32)
+
+
+def parse_image_meta(meta) -> dict[str, np.ndarray]:
+    """Inverse of compose_image_meta for a batch [B, META] -> dict of arrays."""
+    meta = np.asarray(meta)
+    return {
+        "image_id": meta[:, 0].astype(np.int32),
+        "original_image_shape": meta[:, 1:4].astype(np.int32),
+        "image_shape": meta[:, 4:7].astype(np.int32),
+        "window": meta[:, 7:11].astype(np.int32),
+        "scale": meta[:, 11].astype(np.float32),
+        "active_class_ids": meta[:, 12:].astype(np.int32),
+    }
+
+
+# ------------------------------------------------------------------ network in / out
+def inference_image_shape(config) -> np.ndarray:
+    """[H, W, C] of the inference graph's input: IMAGE_SHAPE, except that ``crop``
+    mode (training on crops) detects on whole images resized square to IMAGE_MAX_DIM."""
+    c = config
+    if c.IMAGE_RESIZE_MODE == "crop":
+        return np.array([c.IMAGE_MAX_DIM, c.IMAGE_MAX_DIM, c.IMAGE_CHANNEL_COUNT])
+    return np.asarray(c.IMAGE_SHAPE)
+
+
+def mold_inputs(images, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize/pad uint8 RGB images for the inference graph.
+
+    Returns molded_images [N, H, W, 3] float32, image_metas [N, META], windows [N, 4].
+    """
+    c = config
+    mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
+    shape = inference_image_shape(c)
+    molded, metas, windows = [], [], []
+    for image in images:
+        m, window, scale, padding, crop = resize_image(
+            image, min_dim=c.IMAGE_MIN_DIM, min_scale=c.IMAGE_MIN_SCALE,
+            max_dim=c.IMAGE_MAX_DIM, mode=mode)
+        m = pad_to_shape(m, shape)
+        meta = compose_image_meta(0, image.shape, m.shape, window, scale,
+                                  np.zeros([c.NUM_CLASSES], dtype=np.int32))
+        molded.append(mold_image(m, c))
+        metas.append(meta)
+        windows.append(window)
+    return np.stack(molded), np.stack(metas), np.array(windows)
+
+
+def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
+                      window) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image's network outputs -> boxes, class ids, scores and full-size masks.
+
+    detections [N, (y1, x1, y2, x2, class_id, score)] normalized, zero-padded;
+    mrcnn_mask [N, h, w, NUM_CLASSES]. Returns rois [n, 4] int32 original pixels,
+    class_ids [n], scores [n], masks [H, W, n] bool at the original size.
+    """
+    n = int(np.sum(detections[:, 4] > 0))
+    boxes = detections[:n, :4]
+    class_ids = detections[:n, 4].astype(np.int32)
+    scores = detections[:n, 5]
+    masks = mrcnn_mask[np.arange(n), :, :, class_ids]
+    # Normalized (molded image) -> normalized (window) -> original pixels.
+    wy1, wx1, wy2, wx2 = norm_boxes(np.array(window)[None], image_shape[:2])[0]
+    shift = np.array([wy1, wx1, wy1, wx1])
+    scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+    boxes = denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
+    keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
+    boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], \
+        masks[keep]
+    full = [unmold_mask(masks[i], boxes[i], original_image_shape)
+            for i in range(len(keep))]
+    full = np.stack(full, axis=-1) if full else \
+        np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
+    return boxes, class_ids, scores, full

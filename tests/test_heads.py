@@ -1,0 +1,40 @@
+"""Box/class head and mask head (model/heads.py): shapes, weight counts, names."""
+import keras
+import numpy as np
+
+from colabrcnn.model.heads import ClassifierHead, MaskHead
+from layer_checks import to_numpy, weight_count
+
+
+def test_classifier_head_shapes_and_weights():
+    nc, fc, c, r = 4, 32, 8, 5
+    head = ClassifierHead(nc, fc, 7, train_bn=False)
+    pooled = keras.Input((r, 7, 7, c))
+    model = keras.Model(pooled, head(pooled, r))
+    x = np.random.default_rng(0).normal(size=(2, r, 7, 7, c)).astype(np.float32)
+    logits, probs, deltas = [to_numpy(t) for t in model(x)]
+    assert logits.shape == (2, r, nc) and probs.shape == (2, r, nc)
+    assert deltas.shape == (2, r, nc, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+    layers = [head.conv1, head.bn1, head.conv2, head.bn2, head.logits, head.bbox]
+    assert [layer.name for layer in layers] == [
+        "mrcnn_class_conv1", "mrcnn_class_bn1", "mrcnn_class_conv2", "mrcnn_class_bn2",
+        "mrcnn_class_logits", "mrcnn_bbox_fc"]
+    # conv 7x7 as the first "FC", BN (4 per channel), 1x1 conv, then two Dense layers.
+    expected = (49 * c * fc + fc) + 4 * fc + (fc * fc + fc) + 4 * fc + (fc * nc + nc) \
+        + (fc * 4 * nc + 4 * nc)
+    assert weight_count(layers) == expected == model.count_params()
+
+
+def test_mask_head_shapes_and_weights():
+    nc, c, r = 3, 8, 4
+    head = MaskHead(nc, c, train_bn=False)
+    pooled = keras.Input((r, 14, 14, c))
+    model = keras.Model(pooled, head(pooled, r))
+    out = to_numpy(model(np.ones((2, r, 14, 14, c), np.float32)))
+    assert out.shape == (2, r, 28, 28, nc)
+    names = [layer.name for layer in head.convs + head.bns + [head.deconv, head.out]]
+    assert names == [f"mrcnn_mask_conv{i}" for i in range(1, 5)] + \
+        [f"mrcnn_mask_bn{i}" for i in range(1, 5)] + ["mrcnn_mask_deconv", "mrcnn_mask"]
+    expected = 4 * (9 * c * c + c) + 4 * 4 * c + (4 * c * c + c) + (c * nc + nc)
+    assert model.count_params() == expected
