@@ -23,6 +23,7 @@ from .errors import ConfigError
 
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 RESIZE_MODES = ("square", "pad64", "crop", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -135,8 +136,11 @@ class Config:
     # Train the heads on RPN proposals (True) or on given ROIs (False).
     USE_RPN_ROIS = True
 
-    # Train BatchNorm layers; off by default because small batches give bad statistics.
-    TRAIN_BN = False
+    # Train BatchNorm layers. "auto": frozen, as matterport (small batches give bad
+    # statistics), when load_weights() loaded the backbone (COCO, ImageNet, a checkpoint);
+    # trained when the backbone is random: frozen statistics of random weights normalise
+    # nothing and such a run barely learns. True/False force it.
+    TRAIN_BN = "auto"
 
     # Gradient norm clipping.
     GRADIENT_CLIP_NORM = 5.0
@@ -166,6 +170,22 @@ class Config:
     LR_WARMUP_STEPS = 0
     LR_STEP_EPOCHS = []
     LR_STEP_FACTOR = 0.1
+
+    # Optimizer. "auto": matterport's SGD (LEARNING_MOMENTUM, train()'s learning_rate,
+    # the LR_* schedule) when the backbone was loaded, and the SCRATCH_* recipe below
+    # when it is random. "sgd", "adam" or "adamw" force one, with train()'s
+    # learning_rate and the LR_* schedule.
+    OPTIMIZER = "auto"
+    # The from-scratch recipe, used when the backbone is random, OPTIMIZER is "auto",
+    # no optimizer is passed to train() and no LR_*/LEARNING_MOMENTUM setting was
+    # changed; measured on real annotated images with benchmarks/learning.py. The
+    # schedule runs over the epochs of the train() call; BatchNorm trains with the
+    # given moving-average momentum (0.99, Keras' default, lags for hundreds of steps).
+    SCRATCH_OPTIMIZER = "adamw"
+    SCRATCH_LEARNING_RATE = 0.001
+    SCRATCH_LR_SCHEDULE = "cosine"
+    SCRATCH_LR_WARMUP_STEPS = 50
+    SCRATCH_BN_MOMENTUM = 0.9
 
     def __init__(self, **overrides):
         for key, value in overrides.items():
@@ -291,7 +311,26 @@ class Config:
              f"MIXED_PRECISION must be True, False, 'auto', 'mixed_float16' or "
              f"'mixed_bfloat16', got {self.MIXED_PRECISION!r}.")
         positive_int("GRADIENT_ACCUMULATION_STEPS")
-        need(not (self.REMAT and self.TRAIN_BN),
+        need(self.TRAIN_BN in (True, False, "auto"),
+             f"TRAIN_BN must be True, False or 'auto', got {self.TRAIN_BN!r}.")
+        need(self.OPTIMIZER in ("auto",) + OPTIMIZERS,
+             f"OPTIMIZER must be 'auto' or one of {', '.join(OPTIMIZERS)}, got "
+             f"{self.OPTIMIZER!r}.")
+        need(self.SCRATCH_OPTIMIZER in OPTIMIZERS,
+             f"SCRATCH_OPTIMIZER must be one of {', '.join(OPTIMIZERS)}, got "
+             f"{self.SCRATCH_OPTIMIZER!r}.")
+        need(self.SCRATCH_LEARNING_RATE > 0,
+             f"SCRATCH_LEARNING_RATE must be > 0, got {self.SCRATCH_LEARNING_RATE}.")
+        need(self.SCRATCH_LR_SCHEDULE in ("constant", "step", "cosine"),
+             f"SCRATCH_LR_SCHEDULE must be 'constant', 'step' or 'cosine', got "
+             f"{self.SCRATCH_LR_SCHEDULE!r}.")
+        need(isinstance(self.SCRATCH_LR_WARMUP_STEPS, (int, np.integer))
+             and self.SCRATCH_LR_WARMUP_STEPS >= 0,
+             f"SCRATCH_LR_WARMUP_STEPS must be an integer >= 0, got "
+             f"{self.SCRATCH_LR_WARMUP_STEPS!r}.")
+        need(0 < self.SCRATCH_BN_MOMENTUM < 1,
+             f"SCRATCH_BN_MOMENTUM must be in (0, 1), got {self.SCRATCH_BN_MOMENTUM}.")
+        need(not (self.REMAT and self.TRAIN_BN is True),
              "REMAT recomputes the backbone in the backward pass, which would update "
              "BatchNorm statistics twice: use REMAT with TRAIN_BN = False (the default).")
         need(self.CHECKPOINT_EVERY_MINUTES is None or self.CHECKPOINT_EVERY_MINUTES > 0,
