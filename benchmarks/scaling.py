@@ -81,7 +81,7 @@ def child(args):
                           shuffle=False, seed=0)[0]
     if model.distribution.backend == "tensorflow" and model.distribution.distributed:
         # tf.distribute cannot average bool tensors when it builds the step (see
-        # MaskRCNN._fit): masks go as uint8, the model casts them back.
+        # colabrcnn.train._fit): masks go as uint8, the model casts them back.
         batch = {k: (v.astype(np.uint8) if v.dtype == bool else v)
                  for k, v in batch.items()}
     steps = args.warmup + args.steps

@@ -19,8 +19,9 @@ def _model_arguments(parser):
                              ".keras export")
     parser.add_argument("--config",
                         help="JSON of Config settings (a file, e.g. written by "
-                             "Config.to_json(), or an inline JSON object); optional for a "
-                             ".keras export that has its .config.json beside it")
+                             "Config.to_json(), or an inline JSON object); optional when "
+                             "the run folder's config.json, the checkpoint's saved config "
+                             "or a .keras export's .config.json is there")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images detected at once (default: the Config's BATCH_SIZE)")
     parser.add_argument("--min-score", type=float, default=None,
@@ -28,8 +29,8 @@ def _model_arguments(parser):
 
 
 def _load_model(args):
-    from .export import load_inference_model
-    return load_inference_model(args.weights, args.config, model_dir=args.out)
+    from .checkpoint import load_inference  # lazy: keeps the CLI light at import time
+    return load_inference(args.weights, args.config, model_dir=args.out)
 
 
 # ------------------------------------------------------------------ evaluate

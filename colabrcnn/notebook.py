@@ -15,7 +15,6 @@ Nothing here imports Keras at module level.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import zipfile
 import numpy as np
 
 from . import env
+from .checkpoint import load_inference, newest_checkpoint
 from .errors import ColabRCNNError
 
 KAGGLE_INPUT = "/kaggle/input"
@@ -455,29 +455,10 @@ def find_checkpoint(model_dir, which="last", name=None):
     which: "last" (the newest complete epoch or mid-epoch checkpoint of the newest run)
     or "best" (the lowest validation loss of that run; the last when no best was kept).
     name: the Config NAME to look for (default: any). Returns None when there is none.
+    The newest run is the one whose folder name has the latest timestamp (see
+    :mod:`colabrcnn.checkpoint`).
     """
-    from . import train as train_lib
-    if which not in ("last", "best"):
-        raise ColabRCNNError(f"which must be 'last' or 'best', got {which!r}")
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        return None
-    runs = [model_dir] + [d for d in glob.glob(os.path.join(model_dir, "*"))
-                          if os.path.isdir(d)]
-    candidates = []
-    for run in runs:
-        ckpts = [p for p in train_lib.list_checkpoints(run, name) if train_lib._readable(p)]
-        if ckpts:
-            candidates.append((os.path.getmtime(ckpts[-1]), run, ckpts[-1]))
-    if not candidates:
-        return None
-    _, run, last = max(candidates)
-    if which == "best":
-        pattern = f"mask_rcnn_{name}_best.h5" if name else "mask_rcnn_*_best.h5"
-        best = sorted(glob.glob(os.path.join(run, pattern)))
-        if best:
-            return best[-1]
-    return last
+    return newest_checkpoint(model_dir, name, which)
 
 
 def load_for_inference(checkpoint, config=None, model_dir=None, **overrides):
@@ -488,32 +469,8 @@ def load_for_inference(checkpoint, config=None, model_dir=None, **overrides):
     overrides change settings for inference (e.g. ``DETECTION_MIN_CONFIDENCE=0.5``;
     IMAGES_PER_GPU=1 is used unless given). A ``.keras`` export works too.
     """
-    from .export import config_from_json, load_exported
-    from .model.maskrcnn import MaskRCNN
-    from .train import read_state
-    checkpoint = os.fspath(checkpoint)
-    if checkpoint.endswith(".keras"):
-        return load_exported(checkpoint, config, model_dir)
-    if config is None:
-        beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
-        if os.path.exists(beside):
-            config = beside
-        else:
-            state = read_state(checkpoint) or {}
-            text = state.get("config_json")
-            if not text or text == "{}":
-                raise ColabRCNNError(f"no config.json beside {checkpoint} and none saved in "
-                                     f"it: pass config= (the Config it was trained with)")
-            config = text
-    from .config import Config
-    if not isinstance(config, Config):
-        config = config_from_json(config)
     overrides.setdefault("IMAGES_PER_GPU", 1)
-    config = config.copy(**overrides)
-    model = MaskRCNN("inference", config,
-                     model_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
-    model.load_weights(checkpoint, by_name=True)
-    return model
+    return load_inference(checkpoint, config, model_dir, **overrides)
 
 
 # ---------------------------------------------------------------- measuring
