@@ -25,7 +25,9 @@ Datasets (nothing is downloaded; both ship in files at hand):
 Recipes (--recipe, several allowed):
   default      MaskRCNN.train() with no optimizer and Config's defaults: what a user
                gets with the README's calls
-  sgd-frozen   matterport's: TRAIN_BN False, SGD momentum 0.9, LR 0.01 (as issue 16)
+  matterport   the defaults before issue 16: TRAIN_BN False, SGD momentum 0.9 at
+               LEARNING_RATE (0.001)
+  sgd-frozen   the same at LR 0.01 (the run of issue 16)
   adam-demo    the shapes demo's: TRAIN_BN True, Adam 1e-3 with a cosine decay
   NAME:K=V,... any of the above with Config settings changed, e.g.
                "default:LEARNING_RATE=0.002" or "sgd-frozen:TRAIN_BN=True"
@@ -179,13 +181,15 @@ def recipe_settings(name):
     if name == "default":
         return {}, None, None
     if name == "sgd-frozen":
-        return {"TRAIN_BN": False}, 0.01, None
+        return {"TRAIN_BN": False, "OPTIMIZER": "sgd"}, 0.01, None
+    if name == "matterport":
+        return {"TRAIN_BN": False, "OPTIMIZER": "sgd"}, None, None
     if name == "adam-demo":
         def adam(config, total_steps):
             schedule = keras.optimizers.schedules.CosineDecay(1e-3, total_steps, alpha=0.05)
             return keras.optimizers.Adam(schedule, clipnorm=config.GRADIENT_CLIP_NORM)
         return {"TRAIN_BN": True}, 1e-3, adam
-    raise SystemExit(f"unknown recipe {name!r}: default, sgd-frozen, adam-demo")
+    raise SystemExit(f"unknown recipe {name!r}: default, matterport, sgd-frozen, adam-demo")
 
 
 # ------------------------------------------------------------------------- training

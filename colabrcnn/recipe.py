@@ -13,12 +13,11 @@ recipe of the ``SCRATCH_*`` Config settings (measured with ``benchmarks/learning
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
 
-logger = logging.getLogger(__name__)
+from .config import Config
 
 # The heads (what layers="heads" trains); every other weighted layer is the backbone
 # (conv1, res2a_branch2a, ... or the layers of a callable BACKBONE).
@@ -92,7 +91,6 @@ def resolve_train_bn(setting, origin: dict | None) -> bool:
 
 def explicit_optimizer_settings(config) -> list[str]:
     """The optimizer settings of ``config`` that differ from Config's defaults."""
-    from .config import Config  # noqa: PLC0415 - config imports nothing of ours back
     out = []
     for name in OPTIMIZER_SETTINGS:
         mine, default = getattr(config, name, None), getattr(Config, name, None)
