@@ -14,12 +14,11 @@ Datasets (nothing is downloaded; both ship in files at hand):
   coins   datasets/coins: two photographs of Greek coins, 12 coins each, annotated by
           hand-checked outlines. Trained on the top picture, held out: the bottom one.
           Images are 384 px wide, resized to 192 (coins about 20 px across).
-  nuclei  the 512 x 512 fluorescence image of nuclei with its human-annotated instance
-          mask (125 nuclei) from the 2018 Data Science Bowl (Caicedo et al., Nature
-          Methods 2019), shipped inside the `stardist` wheel
-          (``pip install --no-deps stardist``: only its data files are read; stardist is
-          never imported). Cut into 16 tiles of 128 px: 12 to train, the 4 of the
-          bottom row held out (instances cut by a tile edge are clipped, fragments
+  nuclei  datasets/nuclei: the 512 x 512 fluorescence image of nuclei with its
+          human-annotated instance mask (125 nuclei) from the 2018 Data Science Bowl
+          (Caicedo et al., Nature Methods 2019), as the `stardist` wheel ships it
+          (see datasets/README.md). Cut into 16 tiles of 128 px: 12 to train, the 4 of
+          the bottom row held out (instances cut by a tile edge are clipped, fragments
           under 15 px dropped).
 
 Recipes (--recipe, several allowed):
@@ -35,7 +34,6 @@ Recipes (--recipe, several allowed):
 The figures depend on the machine's load: the header line prints the load average.
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -93,25 +91,16 @@ def coins():
     return parts[0], parts[1]
 
 
-def stardist_data_dir():
-    """The folder of stardist's bundled sample images (stardist is not imported)."""
-    spec = importlib.util.find_spec("stardist")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the nuclei data ships in the stardist wheel: "
-                         "pip install --no-deps stardist")
-    return os.path.join(list(spec.submodule_search_locations)[0], "data", "images")
-
-
 def nuclei(tile=128, min_area=15):
     """(train, held_out): 16 tiles of the DSB 2018 nuclei image; the bottom row is held out."""
     import numpy as np
-    import tifffile
+    from PIL import Image
     from skimage.measure import label as connected
 
-    folder = stardist_data_dir()
-    image = tifffile.imread(os.path.join(folder, "img2d.tif")).astype(np.float64)
-    mask = tifffile.imread(os.path.join(folder, "mask2d.tif")).astype(np.int32)
-    lo, hi = np.percentile(image, (1, 99.8))  # 16-bit fluorescence -> 8-bit contrast
+    folder = os.path.join(ROOT, "datasets", "nuclei")
+    image = np.asarray(Image.open(os.path.join(folder, "nuclei.png")), np.float64)
+    mask = np.asarray(Image.open(os.path.join(folder, "nuclei_labels.png")), np.int32)
+    lo, hi = np.percentile(image, (1, 99.8))  # dim fluorescence -> full 8-bit contrast
     gray = np.clip((image - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
     rgb = np.stack([gray] * 3, axis=-1)
     train, held = [], []

@@ -181,10 +181,13 @@ class Config:
     # changed; measured on real annotated images with benchmarks/learning.py. The
     # schedule runs over the epochs of the train() call; BatchNorm trains with the
     # given moving-average momentum (0.99, Keras' default, lags for hundreds of steps).
-    SCRATCH_OPTIMIZER = "adamw"
+    # Measured (ResNet-18, CPU): Adam 0.001 with a cosine decay reached held-out mask
+    # AP50 0.5 on DSB 2018 nuclei within 50 steps with momentum 0.9 (0.0 with 0.99), where
+    # frozen-BN SGD had 0.0 after 250; AdamW with a 50-step warm-up did worse in 100 steps.
+    SCRATCH_OPTIMIZER = "adam"
     SCRATCH_LEARNING_RATE = 0.001
     SCRATCH_LR_SCHEDULE = "cosine"
-    SCRATCH_LR_WARMUP_STEPS = 50
+    SCRATCH_LR_WARMUP_STEPS = 0
     SCRATCH_BN_MOMENTUM = 0.9
 
     def __init__(self, **overrides):

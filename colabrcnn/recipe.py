@@ -109,9 +109,11 @@ def use_scratch_recipe(config, origin: dict | None, optimizer=None) -> bool:
 
 def describe_scratch_recipe(config) -> str:
     """One line saying what the from-scratch recipe is and how to opt out."""
+    warmup = (f"{config.SCRATCH_LR_WARMUP_STEPS} warm-up steps, "
+              if config.SCRATCH_LR_WARMUP_STEPS else "")
     return (f"Training from random weights: {config.SCRATCH_OPTIMIZER} at "
-            f"{config.SCRATCH_LEARNING_RATE:g} ({config.SCRATCH_LR_WARMUP_STEPS} warm-up "
-            f"steps, {config.SCRATCH_LR_SCHEDULE} decay), BatchNorm trained "
+            f"{config.SCRATCH_LEARNING_RATE:g} ({warmup}{config.SCRATCH_LR_SCHEDULE} "
+            f"schedule), BatchNorm trained "
             f"(momentum {config.SCRATCH_BN_MOMENTUM:g}), instead of SGD at the "
             f"learning_rate given. Load COCO/ImageNet weights for matterport's recipe, or "
             f"set OPTIMIZER='sgd' (or pass optimizer=) to choose.")
