@@ -94,8 +94,9 @@ def explicit_optimizer_settings(config) -> list[str]:
     out = []
     for name in OPTIMIZER_SETTINGS:
         mine, default = getattr(config, name, None), getattr(Config, name, None)
-        if list(mine) != list(default) if isinstance(default, (list, tuple)) \
-                else mine != default:
+        if isinstance(default, (list, tuple)):
+            mine, default = list(mine), list(default)
+        if mine != default:
             out.append(name)
     return out
 
