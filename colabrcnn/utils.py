@@ -8,8 +8,6 @@ mini-masks, molding and image meta: ``model/transform.py``. matterport's AP
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .boxes import (apply_box_deltas, box_refinement, compute_overlaps,  # noqa: F401
                     compute_overlaps_masks, denorm_boxes, extract_bboxes, norm_boxes)
 from .evaluate.ap import (compute_ap, compute_ap_range, compute_matches,  # noqa: F401
@@ -22,13 +20,5 @@ from .model.transform import (compose_image_meta, expand_mask, minimize_mask,  #
                               resize_image, resize_mask, resize_scale, scaled_size,
                               unmold_image, unmold_mask)
 
-
-# -------------------------------------------------------------- ground truth loading
-def __getattr__(name):
-    # load_image_gt is built by the loader's sample builder (colabrcnn/data/sample.py),
-    # which imports this module: re-exported on first use, so neither import needs the
-    # other to have finished.
-    if name == "load_image_gt":
-        from .data.sample import load_image_gt
-        return load_image_gt
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Ground truth loading: the loader's one sample builder, with matterport's signature.
+from .data.sample import load_image_gt  # noqa: F401, E402
