@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .. import checkpoint, distribute
+from .. import checkpoint, distribute, recipe
 from .. import train as train_lib
 from ..boxes import norm_boxes
 from ..config import LOSS_NAMES
@@ -40,6 +40,10 @@ from .roi_align import PyramidROIAlign
 from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
 from .spec import LAYER_REGEX  # noqa: F401 (matterport's presets, importable here)
 from .targets import DetectionTargetLayer
+
+# BatchNorm's moving-average momentum on a loaded backbone (Keras' default, matterport's);
+# a random backbone trains with Config.SCRATCH_BN_MOMENTUM.
+BN_MOMENTUM = 0.99
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,9 @@ class MaskRCNN(InspectionMixin):
         self.run_name = (config.NAME or "model").lower()
         self.epoch = 0
         self._optimizer_state = None  # checkpoint whose optimizer state train() restores
+        # Where the weights came from (colabrcnn.recipe.weights_origin): random until
+        # load_weights() loads a backbone. Decides TRAIN_BN="auto" and the optimizer.
+        self.weights_origin = recipe.random_origin()
         self.log_dir = None
         self.checkpoint_path = None
         self.set_log_dir()
@@ -122,6 +129,17 @@ class MaskRCNN(InspectionMixin):
             self._build_layers()
         self._graphs = {}
         self.keras_model = self._graph(self.mode)
+        self.apply_batchnorm()
+
+    def apply_batchnorm(self) -> bool:
+        """Set every BatchNorm layer to trained or frozen statistics as TRAIN_BN says
+        for the current weights_origin ("auto": trained only for a random backbone, then
+        with SCRATCH_BN_MOMENTUM). Takes effect at the next compile; returns the choice."""
+        train_bn = recipe.resolve_train_bn(self.config.TRAIN_BN, self.weights_origin)
+        scratch = train_bn and recipe.from_scratch(self.weights_origin)
+        momentum = self.config.SCRATCH_BN_MOMENTUM if scratch else BN_MOMENTUM
+        recipe.set_batchnorm(self.keras_model, train_bn, momentum)
+        return train_bn
 
     # ------------------------------------------------------------------- building
     def _image_shape(self, mode):
@@ -132,6 +150,7 @@ class MaskRCNN(InspectionMixin):
     def _build_layers(self):
         """Create every weight-owning part once."""
         c = self.config
+        train_bn = recipe.resolve_train_bn(c.TRAIN_BN, self.weights_origin)
         inp = keras.Input(shape=(None, None, c.IMAGE_CHANNEL_COUNT), name="input_image")
         if callable(c.BACKBONE):
             if c.REMAT:
@@ -140,15 +159,15 @@ class MaskRCNN(InspectionMixin):
             _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
         else:
             # REMAT: residual blocks recompute their activations in the backward pass.
-            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN,
+            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=train_bn,
                                              remat=bool(c.REMAT))
         pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
         self.backbone = keras.Model(inp, pyramid, name="backbone_fpn")
         self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
                                    c.TOP_DOWN_PYRAMID_SIZE)
         self.classifier = ClassifierHead(c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE,
-                                         c.POOL_SIZE, c.TRAIN_BN)
-        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, c.TRAIN_BN)
+                                         c.POOL_SIZE, train_bn)
+        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, train_bn)
 
     def _rpn(self, pyramid):
         outs = [self.rpn(p) for p in pyramid]
@@ -305,6 +324,9 @@ class MaskRCNN(InspectionMixin):
         # A checkpoint of ours also carries the optimizer: restored at the next train().
         state = checkpoint.read_state(filepath)
         self._optimizer_state = filepath if state and state.get("has_optimizer") else None
+        self.weights_origin = recipe.weights_origin(filepath, report, state,
+                                                    previous=self.weights_origin)
+        self.apply_batchnorm()
         return report
 
     def _load_positional(self, filepath, exclude):
@@ -405,12 +427,14 @@ class MaskRCNN(InspectionMixin):
         return train_lib.set_trainable(keras_model or self.keras_model, layer_regex,
                                        verbose=verbose)
 
-    def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1):
-        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``)."""
+    def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1,
+                from_scratch=False):
+        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``;
+        ``from_scratch``: the SCRATCH_* recipe, see colabrcnn.train.make_optimizer)."""
         with self.scope():  # TF optimizers must be created in the strategy's scope
             if optimizer is None:
                 optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
-                                                     momentum)
+                                                     momentum, from_scratch=from_scratch)
             optimizer = distribute.optimizer_in_scope(optimizer, self.distribution)
             jit = "auto"
             if keras.backend.backend() == "torch":
