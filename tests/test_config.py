@@ -7,6 +7,8 @@ import pytest
 from colabrcnn import Config, ConfigError
 
 
+# Not tests/tiny_model.py's config: subclassing Config as matterport's shapes notebook
+# does, with every other setting at its default, is what these tests check.
 class ShapesConfig(Config):
     NAME = "shapes"
     NUM_CLASSES = 1 + 3

@@ -7,6 +7,7 @@ Every failure is an :class:`~colabrcnn.errors.AnnotationError` naming the file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
@@ -188,25 +189,38 @@ def number_list(values, what, **where):
     return [number(v, f"{what}[{i}]", **where) for i, v in enumerate(values)]
 
 
+def _label(path_or_bytes, name, embedded):
+    """What error messages call an image given as a path or as bytes."""
+    return name or (path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike))
+                    else f"<embedded {embedded}>")
+
+
+@contextlib.contextmanager
+def _pil_image(path_or_bytes, label, what):
+    """PIL's image of a path or bytes; any PIL failure inside the block (a decompression
+    bomb included) is raised as an AnnotationError naming ``label``."""
+    try:
+        src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) \
+            else path_or_bytes
+        with PIL.Image.open(src) as img:
+            yield img
+    except Exception as e:
+        raise image_read_error(e, label, what) from None
+
+
 def image_size_from_header(path_or_bytes, name=None):
     """(width, height) as ``read_image`` will return it, without decoding the pixels.
 
     PIL reads only the header. EXIF orientations 5-8 (rotated phone photos) swap the two,
     because ``read_image`` applies the rotation and annotation tools show it applied.
     """
-    label = name or (path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike))
-                     else "<embedded image>")
-    try:
-        src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) \
-            else path_or_bytes
-        with PIL.Image.open(src) as img:
-            w, h = img.size
-            try:
-                orientation = img.getexif().get(0x0112, 1)
-            except Exception:  # broken EXIF blocks are common and harmless here
-                orientation = 1
-    except Exception as e:  # any PIL failure, a decompression bomb included
-        raise image_read_error(e, label, "image header") from None
+    with _pil_image(path_or_bytes, _label(path_or_bytes, name, "image"),
+                    "image header") as img:
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # broken EXIF blocks are common and harmless here
+            orientation = 1
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return int(w), int(h)
@@ -298,23 +312,17 @@ def read_label_image(path_or_bytes, name=None):
     Palette PNGs give their indices, 8/16-bit gray their values, RGB(A) a 24-bit colour
     code r<<16 | g<<8 | b per pixel (alpha ignored), so colour-coded instance maps work.
     """
-    label = name or (path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike))
-                     else "<embedded mask>")
-    try:
-        src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) \
-            else path_or_bytes
-        with PIL.Image.open(src) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
-                arr = np.array(img)
-            elif mode in ("LA", "PA"):
-                arr = np.array(img)[..., 0]
-            else:
-                rgb = np.array(img.convert("RGB")).astype(np.int64)
-                arr = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    except Exception as e:  # any PIL failure, a decompression bomb included
-        raise image_read_error(e, label, "mask image") from None
+    label = _label(path_or_bytes, name, "mask")
+    with _pil_image(path_or_bytes, label, "mask image") as img:
+        img.load()
+        mode = img.mode
+        if mode in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+            arr = np.array(img)
+        elif mode in ("LA", "PA"):
+            arr = np.array(img)[..., 0]
+        else:
+            rgb = np.array(img.convert("RGB")).astype(np.int64)
+            arr = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.ndim != 2:
