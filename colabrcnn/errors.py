@@ -39,6 +39,11 @@ class WeightsError(ColabRCNNError):
     """A weight file that cannot be fetched, verified or loaded."""
 
 
+class CheckpointNotFoundError(ColabRCNNError, FileNotFoundError):
+    """No complete checkpoint where one was looked for (``find_last``); still a
+    FileNotFoundError, which matterport code catches."""
+
+
 class GPUMemoryError(ColabRCNNError, MemoryError):
     """The accelerator ran out of memory; the message lists settings to change."""
 
@@ -51,4 +56,4 @@ class GPUMemoryError(ColabRCNNError, MemoryError):
 
 
 __all__ = ["ColabRCNNError", "ConfigError", "AnnotationError", "WeightsError",
-           "GPUMemoryError"]
+           "CheckpointNotFoundError", "GPUMemoryError"]
