@@ -11,7 +11,10 @@ top to bottom on Colab, Kaggle, a laptop and in CI alike::
     model = nb.load_for_inference(nb.find_checkpoint("runs"))
     nb.browse_results(images, model.detect(images), class_names)
 
-Nothing here imports Keras at module level.
+Nothing here imports Keras at module level. One module (~600 lines) on purpose: the
+notebooks reach every helper through one ``nb`` namespace, and the helpers are thin
+fronts for the modules that do the work (checkpoints: ``checkpoint.py``; pictures:
+``visualize.py``; platform: ``env.py``).
 """
 from __future__ import annotations
 
