@@ -11,7 +11,7 @@ top to bottom on Colab, Kaggle, a laptop and in CI alike::
     model = nb.load_for_inference(nb.find_checkpoint("runs"))
     nb.browse_results(images, model.detect(images), class_names)
 
-Nothing here imports Keras at module level. One module (~600 lines) on purpose: the
+Nothing here imports Keras at module level. One module (~560 lines) on purpose: the
 notebooks reach every helper through one ``nb`` namespace, and the helpers are thin
 fronts for the modules that do the work (checkpoints: ``checkpoint.py``; pictures:
 ``visualize.py``; platform: ``env.py``).
@@ -29,7 +29,7 @@ import zipfile
 
 import numpy as np
 
-from . import env
+from . import env, hardware, probe
 from .checkpoint import load_inference, newest_checkpoint
 from .errors import AnnotationError, ColabRCNNError
 
@@ -52,19 +52,9 @@ def platform():
     return env.detect_platform()
 
 
-def _accelerators():
-    return [d for d in env.devices() if d.get("kind") in ("gpu", "tpu")]
-
-
-def has_gpu():
-    """True when a GPU (or TPU) is visible, without importing a backend."""
-    return bool(_accelerators())
-
-
-def gpu_name():
-    """Name of the first accelerator, or None."""
-    acc = _accelerators()
-    return acc[0]["name"] if acc else None
+# From colabrcnn.hardware (no backend import).
+has_gpu = hardware.has_gpu
+gpu_name = hardware.gpu_name
 
 
 def in_notebook():
@@ -535,51 +525,11 @@ def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
 
     Out-of-memory is caught and reported (the next row can still run); the memory is
     released after each call. The first (warm-up) steps compile and are not timed.
+    (:func:`colabrcnn.probe.measure` does the work.)
     """
-    import keras
-
-    from . import memory
-    from .data.loader import DataGenerator
-    from .data.shapes import shapes
-    from .model.maskrcnn import MaskRCNN
-
-    out = {"peak_bytes": None, "step_seconds": None, "images_per_second": None,
-           "status": "ok"}
-    memory.free_memory()
-    keras.utils.set_random_seed(seed)
-    baseline = memory.reset_peak_memory()
-    model = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = MaskRCNN("training", config, model_dir=tmp)
-            model.set_trainable(layers)
-            model.compile(config.LEARNING_RATE)
-            size = int(config.IMAGE_SHAPE[0])
-            data = shapes(max(2, config.BATCH_SIZE), size, seed=seed,
-                          max_instances=min(4, config.MAX_GT_INSTANCES))
-            batch = DataGenerator(data, config, shuffle=False, seed=seed)[0]
-            logs = None
-            for _ in range(max(1, warmup)):
-                logs = model.keras_model.train_on_batch(batch, return_dict=True)
-            float(logs["loss"])
-            start = time.time()
-            for _ in range(steps):
-                logs = model.keras_model.train_on_batch(batch, return_dict=True)
-            float(logs["loss"])   # wait for the device
-            seconds = (time.time() - start) / max(1, steps)
-            out["step_seconds"] = seconds
-            out["images_per_second"] = config.BATCH_SIZE / seconds if seconds else None
-            out["peak_bytes"] = memory.read_peak_memory(baseline)
-    except Exception as e:  # noqa: BLE001 - one lever failing must not end the table
-        if memory.is_oom_error(e):
-            out["status"] = "out of memory"
-        else:
-            first = (str(e).strip().splitlines() or [""])[0][:100]
-            out["status"] = f"error: {type(e).__name__}: {first}"
-    finally:
-        del model
-        memory.free_memory()
-    return out
+    got = probe.measure(config, layers, steps=steps, warmup=warmup, seed=seed)
+    return {k: got[k] for k in ("peak_bytes", "step_seconds", "images_per_second",
+                                "status")}
 
 
 def format_table(rows, columns=None):

@@ -66,7 +66,7 @@ def messy(tmp_path):
             rect(100, 100, 5, 5),                                 # outside (error)
             poly([1, 5], [1, 5]),                                 # degenerate (error)
             rect(3, 3, 0, 4),                                     # zero width (error)
-            poly([10, 10.3, 10.1], [10, 10, 10.2]),               # covers no pixel (error)
+            poly([10.2, 10.5, 10.3], [10.2, 10.2, 10.4]),         # covers no pixel (error)
             {"shape_attributes": {"name": "point", "cx": 1, "cy": 1},
              "region_attributes": {"class": "box"}},              # skipped (warning)
             {"shape_attributes": {"name": "rect", "x": 1, "y": 1, "width": 3, "height": 3},
@@ -258,7 +258,7 @@ def test_command_line_functions(tmp_path, capsys, messy):
 
     # from-imports: colabrcnn.data may export the validate() function under the same
     # name as this module
-    from colabrcnn.data.validate import add_cli_arguments, run_cli
+    from colabrcnn.cli.validate import add_arguments as add_cli_arguments, run as run_cli
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
     status = run_cli(parser.parse_args([str(tmp_path / "via.json"), "--max-issues", "3"]))

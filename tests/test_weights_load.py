@@ -404,9 +404,13 @@ def test_unsupported_layouts_say_what_to_do(tmp_path, tiny):
     with pytest.raises(WeightsError, match="ResNet V2"):
         tiny.load_weights(v2, by_name=True)
     own = str(tmp_path / "own.weights.h5")
-    tiny.keras_model.save_weights(own)  # Keras 3 layout of a non-application model
+    tiny.keras_model.save_weights(own)  # by layer name, whatever the suffix (issue 14)
+    assert tiny.load_weights(own, by_name=True)["loaded"]
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    positional = str(tmp_path / "other.weights.h5")
+    other.save_weights(positional)  # Keras 3 layout of an unrelated model
     with pytest.raises(WeightsError, match="by position"):
-        tiny.load_weights(own, by_name=True)
+        tiny.load_weights(positional, by_name=True)
 
 
 def test_get_imagenet_weights_picks_the_backbone_file(r50, monkeypatch):

@@ -44,7 +44,7 @@ import threading
 import cv2
 import numpy as np
 
-from .. import utils
+from ..model import anchors, transform
 from ..errors import AnnotationError, ConfigError
 from .augment import (AugmentationCallable, apply_augmentation, call_pipeline,
                       is_albumentations, keeps_packed_masks)
@@ -258,7 +258,7 @@ def tighten(crop):
 def decode_sample(dataset, config, image_id):
     """Stage 1: load the image and its masks and resize both to the training scale.
 
-    The scale is what ``utils.resize_image`` would use for the config; masks are resized
+    The scale is what ``transform.resize_image`` would use for the config; masks are resized
     nearest-neighbour while bit-packed (eight instances per channel: exact and fast),
     then cut to their boxes. Instances that vanish when shrinking are dropped.
     """
@@ -283,11 +283,11 @@ def decode_sample(dataset, config, image_id):
     class_ids = class_ids.astype(np.int32)
     original_shape = image.shape
     n = masks.shape[2]
-    scale = utils.resize_scale(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MAX_DIM,
+    scale = transform.resize_scale(image.shape, config.IMAGE_MIN_DIM, config.IMAGE_MAX_DIM,
                                config.IMAGE_MIN_SCALE, config.IMAGE_RESIZE_MODE)
     packed = pack_masks(masks) if n else None  # [H, W, ceil(N / 8)]
     if scale != 1:
-        nh, nw = utils.scaled_size(image.shape, scale)
+        nh, nw = transform.scaled_size(image.shape, scale)
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if image.ndim == 2:
             image = image[..., None]
@@ -424,8 +424,8 @@ class Placed:
             setattr(self, k, v)
 
     def padded_image(self):
-        """The image as IMAGE_SHAPE uint8, zero padding (``utils.pad_to_shape`` of
-        ``utils.resize_image``'s result)."""
+        """The image as IMAGE_SHAPE uint8, zero padding (``transform.pad_to_shape`` of
+        ``transform.resize_image``'s result)."""
         out = np.zeros(self.shape, np.uint8)
         r0, r1, c0, c1 = self._overlap()
         if r1 > r0 and c1 > c0:
@@ -466,7 +466,7 @@ class Placed:
 
 def mini_masks(crops, mini_shape, count=None):
     """[mh, mw, count] bool: each instance's mask inside its box resized to
-    MINI_MASK_SHAPE, as ``utils.minimize_mask`` (bilinear, then >= 0.5)."""
+    MINI_MASK_SHAPE, as ``transform.minimize_mask`` (bilinear, then >= 0.5)."""
     mh, mw = (int(v) for v in mini_shape)
     out = np.zeros((mh, mw, len(crops) if count is None else count), bool)
     for i, m in enumerate(crops):
@@ -575,10 +575,10 @@ class SampleBuilder:
             img = np.clip(np.round(img), 0, 255).astype(np.uint8)
         if img.shape[:2] != image.shape[:2]:
             # The augmentation changed the size: resize again, as resize_image would.
-            s2 = utils.resize_scale(img.shape, c.IMAGE_MIN_DIM, c.IMAGE_MAX_DIM,
+            s2 = transform.resize_scale(img.shape, c.IMAGE_MIN_DIM, c.IMAGE_MAX_DIM,
                                     c.IMAGE_MIN_SCALE, c.IMAGE_RESIZE_MODE)
             if s2 != 1:
-                nh, nw = utils.scaled_size(img.shape, s2)
+                nh, nw = transform.scaled_size(img.shape, s2)
                 img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
                 img = img[..., None] if img.ndim == 2 else img
                 if n:
@@ -599,7 +599,7 @@ class SampleBuilder:
         c = self.config
         dec, image, boxes, crops, class_ids, scale = self._augmented(image_id, rng)
         # Pad / crop into IMAGE_SHAPE, as resize_image + pad_to_shape do.
-        padding, crop, window = utils.placement(image.shape, c.IMAGE_MIN_DIM,
+        padding, crop, window = transform.placement(image.shape, c.IMAGE_MIN_DIM,
                                                 c.IMAGE_MAX_DIM, c.IMAGE_RESIZE_MODE, rng)
         h, w = image.shape[:2]
         if crop is not None:
@@ -641,13 +641,14 @@ class SampleBuilder:
         c = self.config
         p = self._placed(image_id, rng)
         shape = p.shape
-        # Molded straight into the output (utils.mold_image of the padded image).
+        # Molded straight into the output (transform.mold_image of the padded image).
         molded = image_out if image_out is not None else np.empty(shape, np.float32)
         p.molded_into(molded, np.asarray(c.MEAN_PIXEL, np.float32))
         boxes, class_ids, crops = p.boxes, p.class_ids, p.crops
 
-        anchors = utils.get_anchors(c, shape)
-        rpn_match, rpn_bbox = utils.build_rpn_targets(anchors, class_ids, boxes, c, rng=rng)
+        all_anchors = anchors.get_anchors(c, shape)
+        rpn_match, rpn_bbox = anchors.build_rpn_targets(all_anchors, class_ids, boxes, c,
+                                                        rng=rng)
 
         n_max = c.MAX_GT_INSTANCES
         if class_ids.shape[0] > n_max:
@@ -668,7 +669,7 @@ class SampleBuilder:
                 y1, x1, y2, x2 = (int(v) for v in box)
                 gt_masks[y1:y2, x1:x2, i] = m
 
-        image_meta = utils.compose_image_meta(
+        image_meta = transform.compose_image_meta(
             image_id, p.original_shape, shape, p.window, p.scale,
             active_class_ids(self.dataset, c, image_id))
         return {
@@ -721,14 +722,14 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None,
 
     Returns:
         image [H, W, C] uint8 at IMAGE_SHAPE (zero padded), image_meta (see
-        ``utils.compose_image_meta``), class_ids [N] int32, bbox [N, 4] int32
+        ``transform.compose_image_meta``), class_ids [N] int32, bbox [N, 4] int32
         (y1, x1, y2, x2) pixels, y2/x2 exclusive, mask [H, W, N] bool, or
         [mini_h, mini_w, N] with ``use_mini_mask``.
     """
     if augmentation is None and augment:
         augmentation = _flip_left_right
     p = SampleBuilder(dataset, config, augmentation).placed(image_id, rng)
-    image_meta = utils.compose_image_meta(int(image_id), p.original_shape, p.shape, p.window,
+    image_meta = transform.compose_image_meta(int(image_id), p.original_shape, p.shape, p.window,
                                           p.scale, active_class_ids(dataset, config,
                                                                     int(image_id)))
     mask = mini_masks(p.crops, config.MINI_MASK_SHAPE) if use_mini_mask else p.full_masks()

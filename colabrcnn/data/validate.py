@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import AnnotationError
-from .formats.geometry import (clip_polygon, instance_mask, polygon_outside_fraction,
-                               rasterize_polygons)
+from .formats.geometry import (clip_polygon, figure_outline, instance_mask,
+                               polygon_outside_fraction, rasterize_polygons)
 from .formats.records import ERROR, INFO, WARNING, ImageRecord
 
 KIND_TEXT = {
@@ -50,8 +50,11 @@ KIND_TEXT = {
     "unknown_shape": "unknown shape type",
     "no_class": "region without a class",
     "no_mask": "annotation without a mask",
-    "skipped_shape": "point/line shape skipped (no area)",
-    "converted_shape": "polyline closed into a polygon",
+    "skipped_shape": "point shape skipped (no area)",
+    "converted_shape": "shape converted (polyline closed; LabelMe line/point drawn wide)",
+    "self_intersecting": "polygon crosses itself (bow-tie)",
+    "duplicate_key": "key repeated in a JSON object",
+    "other_format": "annotation file of another format in the folder, not read",
     "group_split": "group kept as two instances",
     "no_instances": "image without instances",
     "empty_class": "class without instances",
@@ -362,7 +365,8 @@ def _check_instances(info, size, c, file, name, names, expected):
             present.append(cid)
             continue
         h, w = size
-        polys = inst.get("polygons") or []
+        polys = (inst.get("polygons") or []) + [figure_outline(f) for f in
+                                                inst.get("figures") or ()]
         if polys and polygon_outside_fraction(polys, h, w):
             inside = [clip_polygon(p, 0, 0, w, h) for p in polys]
             if not any(len(p) >= 3 for p in inside):
@@ -373,8 +377,9 @@ def _check_instances(info, size, c, file, name, names, expected):
             c.add(WARNING, "clipped", f"{inst.get('shape')} '{label}' reaches outside the "
                   f"{w} x {h} image; the part outside is cut off", file, name, region)
         try:
-            if polys and inst.get("rle") is None and inst.get("bitmap") is None:
-                area = _polygon_pixels(polys, h, w)
+            if polys and not inst.get("figures") and inst.get("rle") is None and \
+                    inst.get("bitmap") is None:
+                area = _polygon_pixels(polys, h, w, inst.get("draw", "coco"))
             else:
                 area = int(instance_mask(inst, h, w, cache=cache, file=file, image=name,
                                          field=region).sum())
@@ -391,21 +396,25 @@ def _check_instances(info, size, c, file, name, names, expected):
     return present
 
 
-def _polygon_pixels(polys, h, w):
+def _polygon_pixels(polys, h, w, draw="coco"):
     """Pixel count of a polygon instance, rasterised only over its bounding box.
 
     Shifting by whole pixels does not change which pixels a polygon covers, so a small
     canvas gives the same count as the full image, far faster on large images.
     """
-    parts = [clip_polygon(p, 0, 0, w, h) for p in polys]
+    # Clipped a pixel beyond the image (exact inside it); the canvas covers only pixels
+    # of the image, whatever the convention's pixel centres.
+    parts = [clip_polygon(p, -1, -1, w + 1, h + 1) for p in polys]
     parts = [p for p in parts if len(p) >= 3]
     if not parts:
         return 0
     allp = np.concatenate(parts)
-    x0, y0 = np.floor(allp.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(allp.max(axis=0)).astype(int)
+    x0, y0 = np.maximum(np.floor(allp.min(axis=0)).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(allp.max(axis=0)).astype(int) + 1, [w - 1, h - 1])
+    if x1 < x0 or y1 < y0:
+        return 0
     local = [p - [x0, y0] for p in parts]
-    return int(rasterize_polygons(local, int(y1 - y0) + 1, int(x1 - x0) + 1).sum())
+    return int(rasterize_polygons(local, int(y1 - y0) + 1, int(x1 - x0) + 1, draw).sum())
 
 
 def _check_via_load_mask(dataset, image_id, size, c, file, name, names):
@@ -438,54 +447,3 @@ def _check_via_load_mask(dataset, image_id, size, c, file, name, names):
             continue
         present.append(int(cid))
     return present
-
-
-# ----------------------------------------------------------------------------- command line
-def add_loader_arguments(parser):
-    """Options shared by ``colabrcnn validate`` and ``colabrcnn convert``."""
-    parser.add_argument("--image-dir", default=None,
-                        help="folder of the images, if not where the annotations say")
-    parser.add_argument("--mask-dir", default=None,
-                        help="read PATH as an image folder with this folder of mask PNGs")
-    parser.add_argument("--class-attribute", default=None,
-                        help="VIA: the region attribute that holds the class name")
-
-
-def loader_kwargs(args):
-    kw = {"image_dir": args.image_dir, "mask_dir": args.mask_dir,
-          "class_attribute": args.class_attribute}
-    return {k: v for k, v in kw.items() if v is not None}
-
-
-def add_cli_arguments(parser):
-    """Arguments of ``colabrcnn validate PATH``."""
-    parser.add_argument("path", metavar="PATH",
-                        help="annotation file or folder: VIA or COCO JSON, LabelMe JSON(s), or "
-                             "a folder with images/ and masks/")
-    add_loader_arguments(parser)
-    parser.add_argument("--classes", default=None,
-                        help="comma-separated class names you expect; other labels are errors")
-    parser.add_argument("--no-image-check", action="store_true",
-                        help="do not open the images (faster; misses broken or resized files)")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first problem that loses data")
-    parser.add_argument("--max-issues", type=int, default=50,
-                        help="problems listed per severity (default 50)")
-
-
-def run_cli(args):
-    """``colabrcnn validate``: print the report; exit status 1 when data would be lost."""
-    import warnings
-
-    from .formats import load
-    with warnings.catch_warnings():
-        # The report lists everything the readers would warn about, with places.
-        warnings.simplefilter("ignore", UserWarning)
-        ds = load(args.path, **loader_kwargs(args))
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()] \
-            if args.classes else None
-        report = validate(ds, check_images=not args.no_image_check, classes=classes,
-                          strict=args.strict)
-    print(f"{ds.format}: {args.path}")
-    print(report.format(max_issues=args.max_issues))
-    return 0 if report.ok else 1

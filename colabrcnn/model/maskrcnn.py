@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import warnings
 
 import keras
 import numpy as np
@@ -27,9 +29,11 @@ from ..errors import ConfigError, WeightsError
 from . import transform
 from .anchors import compute_backbone_shapes, get_anchors
 from .backbone import resnet_graph
+from .byname import ByNameModel, is_keras3_positional
 from .detection import DetectionLayer
 from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
+from .inspection import InspectionMixin
 from .layers import ActiveClassIds, DetectionBoxes, MetaWindow, NormBoxes
 from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
@@ -41,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- training model
-class TrainingModel(keras.Model):
+class TrainingModel(ByNameModel):
     """The training graph: its outputs are the five losses; compute_loss sums them.
 
     Adds matterport's L2 weight decay (sum of w^2 / size(w) over trainable weights
@@ -76,7 +80,7 @@ class TrainingModel(keras.Model):
 
 
 # -------------------------------------------------------------------------- MaskRCNN
-class MaskRCNN:
+class MaskRCNN(InspectionMixin):
     """Mask R-CNN with matterport's API.
 
     mode: "training" or "inference"; config: a colabrcnn.Config; model_dir: where run
@@ -267,7 +271,7 @@ class MaskRCNN:
                                      c.DETECTION_MAX_INSTANCES)
         masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
                                   dtype="float32")(mask_logits)
-        return keras.Model(
+        return ByNameModel(
             [input_image, input_meta],
             {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
              "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
@@ -287,8 +291,14 @@ class MaskRCNN:
         the run folder, so that training continues there.
         """
         from .. import weights
-        report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
-                                      exclude=exclude, verbose=verbose, **kwargs)
+        try:
+            report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
+                                          exclude=exclude, verbose=verbose, **kwargs)
+        except WeightsError:
+            if isinstance(filepath, (str, os.PathLike)) and is_keras3_positional(filepath):
+                report = self._load_positional(filepath, exclude)
+            else:
+                raise
         if not report["loaded"]:
             raise WeightsError(f"no layer of this model was found in {filepath}")
         self.set_log_dir(filepath)
@@ -296,6 +306,41 @@ class MaskRCNN:
         state = checkpoint.read_state(filepath)
         self._optimizer_state = filepath if state and state.get("has_optimizer") else None
         return report
+
+    def _load_positional(self, filepath, exclude):
+        """Load a Keras 3 ``.weights.h5`` file (layers stored by position) written from
+        this model's training or inference graph: both graphs share the layers, so
+        loading into the one that wrote it sets the weights of this model."""
+        from .. import weights
+        if exclude:
+            raise WeightsError(
+                f"{filepath} is a Keras 3 '.weights.h5' file, stored by layer position: it "
+                f"loads whole into the graph that wrote it, so exclude= cannot apply. Save "
+                f"by name instead (model.keras_model.save_weights('x.h5') or "
+                f"MaskRCNN.save_weights) and load that with exclude=")
+        problems = []
+        for mode in (self.mode, "inference" if self.mode == "training" else "training"):
+            graph = self._graph(mode)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    keras.Model.load_weights(graph, filepath)
+            except Exception as e:  # noqa: BLE001 - Keras says why the layout differs
+                problems.append(f"{mode} graph: {e}")
+                continue
+            # Keras loads what it can and warns about parts it skipped: not this graph.
+            skipped = [str(w.message) for w in caught if "freshly-initialized" in
+                       str(w.message) or "could not be loaded" in str(w.message)]
+            if skipped:
+                problems.append(f"{mode} graph: {skipped[0]}")
+                continue
+            return {"loaded": list(weights.named_layers(graph)), "skipped": [],
+                    "mismatched": [], "missing": [], "unused": [],
+                    "layout": "keras3-positional", "renamed": {}}
+        raise WeightsError(
+            f"{filepath} is a Keras 3 '.weights.h5' file (layers by position) that fits "
+            f"neither graph of this model (a different config?); some weights may have "
+            f"been changed. " + " | ".join(problems))
 
     def get_imagenet_weights(self, cache_dir=None):
         """Path of ImageNet weights for this BACKBONE, downloaded and cached
@@ -343,9 +388,20 @@ class MaskRCNN:
         self.log_dir, self.epoch = log_dir, epoch
 
     # ------------------------------------------------------------------- training
-    def set_trainable(self, layer_regex, verbose=0):
-        """Make layers whose names fully match the regex (or preset) trainable."""
-        return train_lib.set_trainable(self.keras_model, layer_regex, verbose=verbose)
+    def build(self, mode, config):
+        """(Re)build the layers and the ``mode`` graph for ``config`` (matterport's
+        method); returns the Keras model, also ``self.keras_model``."""
+        if mode not in ("training", "inference"):
+            raise ConfigError(f"mode must be 'training' or 'inference', got {mode!r}")
+        self.mode = mode
+        self.rebuild(config)
+        return self.keras_model
+
+    def set_trainable(self, layer_regex, keras_model=None, indent=0, verbose=0):
+        """Make layers whose names fully match the regex (or preset) trainable, in
+        ``keras_model`` (default this model's); ``indent`` (matterport's) is unused."""
+        return train_lib.set_trainable(keras_model or self.keras_model, layer_regex,
+                                       verbose=verbose)
 
     def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1):
         """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``)."""
