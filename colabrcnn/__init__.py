@@ -28,6 +28,7 @@ _LAZY = {
     "predict": ("colabrcnn.predict", None),
     "export": ("colabrcnn.export", None),
     "train": ("colabrcnn.train", None),
+    "checkpoint": ("colabrcnn.checkpoint", None),
     "memory": ("colabrcnn.memory", None),
     "distribute": ("colabrcnn.distribute", None),
     "demo": ("colabrcnn.demo", None),

@@ -40,7 +40,7 @@ import numpy as np
 
 from . import recipe
 from .config import Config
-from .errors import ColabRCNNError, ConfigError
+from .errors import CheckpointNotFoundError, ColabRCNNError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ __all__ = ["Checkpointer", "STATE_GROUP", "CONFIG_FILE", "run_dir_name", "is_run
            "run_dirs", "parse_checkpoint_name", "checkpoint_path", "best_path",
            "save_checkpoint", "read_state", "is_complete", "restore_optimizer",
            "list_checkpoints", "prune_checkpoints", "newest_checkpoint", "find_last",
+           "require_last",
            "resume_point", "write_config", "read_config", "config_from_json",
            "load_inference"]
 
@@ -252,6 +253,33 @@ def find_last(model_dir, name: str) -> str | None:
     return None
 
 
+def require_last(model_dir, name: str) -> str:
+    """:func:`find_last`, raising CheckpointNotFoundError (a FileNotFoundError too, as
+    matterport code expects) that says why when there is none."""
+    path = find_last(model_dir, name)
+    if path is not None:
+        return path
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        why = "the folder does not exist (is Drive mounted? is model_dir right?)"
+    else:
+        broken = [p for run in run_dirs(model_dir, name)
+                  for p in list_checkpoints(run, name) if not is_complete(p)]
+        others = sorted({os.path.basename(d) for d in run_dirs(model_dir)} -
+                        {os.path.basename(d) for d in run_dirs(model_dir, name)})
+        if broken:
+            why = (f"{len(broken)} checkpoint file(s) there are half-written or unreadable "
+                   f"({', '.join(broken[:3])})")
+        elif others:
+            why = (f"it holds runs of other NAMEs only ({', '.join(others[:5])}); set "
+                   f"config.NAME to the one you trained")
+        else:
+            why = f"it holds no run folder {name}<YYYYmmddTHHMM> with a checkpoint"
+    raise CheckpointNotFoundError(
+        f"no checkpoint of '{name}' under {os.path.abspath(model_dir)}: {why}. Train "
+        f"first, or pass the weights file path to load_weights()")
+
+
 def prune_checkpoints(log_dir, name: str, keep: int) -> None:
     """Keep the newest ``keep`` epoch checkpoints; drop mid-epoch files older than the
     newest epoch checkpoint, and stray partial files of dead processes."""
@@ -289,6 +317,7 @@ def resume_point(resume, log_dir, model_dir, name: str, epoch: int):
     resume: False (start at ``epoch``), a checkpoint path, or True/"auto": the newest
     complete checkpoint of the current run folder ``log_dir``, else of the newest run of
     ``name`` under ``model_dir``; used only when further along than ``epoch``.
+    Half-written files (see :func:`is_complete`) are skipped, with a warning.
     """
     if not resume:
         return None, epoch, 0
@@ -296,7 +325,11 @@ def resume_point(resume, log_dir, model_dir, name: str, epoch: int):
         path = os.fspath(resume)
     else:
         here = list_checkpoints(log_dir, name) if log_dir and os.path.isdir(log_dir) else []
-        path = here[-1] if here else find_last(model_dir, name)
+        complete = [p for p in here if is_complete(p)]
+        for p in here[here.index(complete[-1]) + 1:] if complete else here:
+            logger.warning("Skipping the half-written checkpoint %s (truncated or "
+                           "unreadable); resuming from the newest complete one.", p)
+        path = complete[-1] if complete else find_last(model_dir, name)
     if path is None:
         return None, epoch, 0
     parsed = parse_checkpoint_name(path)

@@ -41,6 +41,11 @@ class WeightsError(ColabRCNNError):
     """A weight file that cannot be fetched, verified or loaded."""
 
 
+class CheckpointNotFoundError(ColabRCNNError, FileNotFoundError):
+    """No complete checkpoint where one was looked for (``find_last``); still a
+    FileNotFoundError, which matterport code catches."""
+
+
 class GPUMemoryError(ColabRCNNError, MemoryError):
     """The accelerator ran out of memory; the message lists settings to change."""
 
@@ -105,4 +110,4 @@ def is_oom_error(exc: BaseException | None) -> bool:
 
 
 __all__ = ["ColabRCNNError", "ConfigError", "AnnotationError", "WeightsError",
-           "GPUMemoryError", "NotProvidedError", "is_oom_error"]
+           "CheckpointNotFoundError", "GPUMemoryError", "NotProvidedError", "is_oom_error"]

@@ -11,7 +11,10 @@ top to bottom on Colab, Kaggle, a laptop and in CI alike::
     model = nb.load_for_inference(nb.find_checkpoint("runs"))
     nb.browse_results(images, model.detect(images), class_names)
 
-Nothing here imports Keras at module level.
+Nothing here imports Keras at module level. One module (~560 lines) on purpose: the
+notebooks reach every helper through one ``nb`` namespace, and the helpers are thin
+fronts for the modules that do the work (checkpoints: ``checkpoint.py``; pictures:
+``visualize.py``; platform: ``env.py``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import urllib.parse
 import zipfile
@@ -27,7 +31,7 @@ import numpy as np
 
 from . import env, hardware, probe
 from .checkpoint import load_inference, newest_checkpoint
-from .errors import ColabRCNNError
+from .errors import AnnotationError, ColabRCNNError
 
 KAGGLE_INPUT = "/kaggle/input"
 KAGGLE_WORKING = "/kaggle/working"
@@ -153,17 +157,51 @@ def _gdrive_or_url_download(link, dest_dir):
     return out
 
 
+def _archive_stamp(path):
+    """What identifies one version of an archive: its size and modification time."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_stamp(marker):
+    try:
+        with open(marker) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _extract_zip(path, dest_dir):
-    """Unzip ``path`` into ``dest_dir/<zip stem>`` once; return the folder holding the
-    data (the single top folder of the archive, if it has one)."""
+    """Unzip ``path`` into ``dest_dir/<zip stem>``; return the folder holding the data
+    (the single top folder of the archive, if it has one).
+
+    The extraction is stamped with the archive's size and modification time: the same
+    archive is not extracted twice, a new version under the same name replaces the old
+    extraction. A broken archive raises AnnotationError naming it and leaves nothing
+    behind (an earlier extraction of another version is removed too).
+    """
     stem = os.path.splitext(os.path.basename(path))[0]
     out = os.path.join(dest_dir, stem)
     marker = os.path.join(out, ".colabrcnn_extracted")
-    if not os.path.exists(marker):
+    stamp = _archive_stamp(path)
+    if _read_stamp(marker) != stamp:
         print(f"Extracting {path}\n  to {out}")
-        with zipfile.ZipFile(path) as z:
-            z.extractall(out)
-        open(marker, "w").close()
+        os.makedirs(dest_dir, exist_ok=True)
+        partial = tempfile.mkdtemp(prefix=f".{stem}.partial", dir=dest_dir)
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.extractall(partial)
+        except Exception as e:  # noqa: BLE001 - any failure to read the zip is named
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)   # never offer another version's files
+            raise AnnotationError(
+                f"cannot extract the archive ({type(e).__name__}: {e}); it is damaged or "
+                f"incomplete (an interrupted download or upload?): copy or download it "
+                f"again", file=path) from e
+        with open(os.path.join(partial, ".colabrcnn_extracted"), "w") as f:
+            json.dump(stamp, f)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(partial, out)
     entries = [e for e in os.listdir(out) if not e.startswith(".") and e != "__MACOSX"]
     if len(entries) == 1 and os.path.isdir(os.path.join(out, entries[0])):
         return os.path.join(out, entries[0])

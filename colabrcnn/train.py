@@ -24,7 +24,7 @@ from .checkpoint import (STATE_GROUP, checkpoint_path,  # noqa: F401 (re-exporte
                          find_last, list_checkpoints, parse_checkpoint_name,
                          prune_checkpoints, read_state, restore_optimizer, save_checkpoint)
 from .data.loader import DataGenerator
-from .errors import ConfigError
+from .errors import AnnotationError, ConfigError
 from .model.spec import LAYER_REGEX
 
 logger = logging.getLogger(__name__)
@@ -204,6 +204,47 @@ class LossPlotCallback(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------ the loop
+def _class_names(dataset) -> list[str] | None:
+    names = getattr(dataset, "class_names", None)
+    return None if names is None else [str(n) for n in names]
+
+
+def check_datasets(config, train_dataset, val_dataset=None) -> None:
+    """Stop before training when class ids would mean different classes.
+
+    The validation dataset must have the training dataset's class list (same names,
+    same order: a class id is a position in it), and neither may have more classes
+    than NUM_CLASSES (the heads have NUM_CLASSES outputs).
+    """
+    train_names = _class_names(train_dataset)
+    val_names = _class_names(val_dataset) if val_dataset is not None else None
+    if train_names is not None and val_names is not None and train_names != val_names:
+        diff = [f"id {i}: training '{a}', validation '{b}'" for i, (a, b) in enumerate(
+            zip(train_names, val_names)) if a != b]
+        diff += [f"id {i}: training '{a}', validation (none)"
+                 for i, a in enumerate(train_names[len(val_names):], len(val_names))]
+        diff += [f"id {i}: training (none), validation '{b}'"
+                 for i, b in enumerate(val_names[len(train_names):], len(train_names))]
+        raise AnnotationError(
+            "the validation dataset's classes differ from the training dataset's, so the "
+            "same class id would mean different classes:\n  " + "\n  ".join(diff) +
+            f"\ntraining classes: {train_names[1:]}\nvalidation classes: {val_names[1:]}"
+            "\nLoad both with the same class list (e.g. data.load(..., classes=[...]) "
+            "with the training names) or split one dataset with train_val_split.",
+            field="class_names")
+    for what, dataset, names in (("training", train_dataset, train_names),
+                                 ("validation", val_dataset, val_names)):
+        count = getattr(dataset, "num_classes", None) if dataset is not None else None
+        if count is None or count <= config.NUM_CLASSES:
+            continue
+        extra = (names or [])[config.NUM_CLASSES:]
+        raise ConfigError(
+            f"the {what} dataset has {count} classes (background included) but "
+            f"NUM_CLASSES is {config.NUM_CLASSES}: classes {extra} would have no output "
+            f"of the model. Set NUM_CLASSES = {count} in the Config (BG + "
+            f"{count - 1} classes: {(names or [])[1:]}).")
+
+
 def train(model, train_dataset, val_dataset, learning_rate, epochs, layers,
           augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
           resume="auto", on_oom="raise", optimizer=None, verbose=1, seed=None,
@@ -214,6 +255,7 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers,
         raise ConfigError("create the model with mode='training' to train")
     if on_oom not in ("raise", "reduce"):
         raise ConfigError(f"on_oom must be 'raise' or 'reduce', got {on_oom!r}")
+    check_datasets(model.config, train_dataset, val_dataset)
     loader_options = dict(cache=cache, cache_dir=cache_dir, workers=workers,
                           use_multiprocessing=use_multiprocessing)
     attempts = 0

@@ -209,3 +209,24 @@ def test_save_and_restore_weights_and_optimizer(tmp_path):
     assert int(keras.ops.convert_to_numpy(other.iterations)) == 1
     best = ckpt.save_best(path)
     assert best == ckpt.best_path and C.read_state(best)["step"] == 5
+
+
+@pytest.mark.parametrize("broken", ["truncated", "incomplete", "empty", "mid_epoch"])
+def test_resume_auto_skips_half_written_files_and_says_so(tmp_path, capsys, broken):
+    run = tmp_path / "x20260101T0000"
+    good = fake(C.checkpoint_path(str(run), "x", 2), 2)
+    bad = C.checkpoint_path(str(run), "x", *((2, 9) if broken == "mid_epoch" else (3,)))
+    if broken in ("truncated", "mid_epoch"):
+        truncated(bad)
+    elif broken == "incomplete":
+        fake(bad, 3, complete=0)
+    else:
+        open(bad, "w").close()
+    capsys.readouterr()
+    # After load_weights(find_last()) the model is at epoch 2 in this run folder.
+    assert C.find_last(str(tmp_path), "x") == good
+    assert C.resume_point("auto", str(run), str(tmp_path), "x", 2) == (None, 2, 0)
+    out = capsys.readouterr().out
+    assert os.path.basename(bad) in out and "half-written" in out
+    # From scratch (epoch 0) it resumes from the complete file.
+    assert C.resume_point("auto", str(run), str(tmp_path), "x", 0) == (good, 2, 0)

@@ -371,13 +371,11 @@ class MaskRCNN(InspectionMixin):
         return weights.fetch(weights.imagenet_for(self.config.BACKBONE), cache_dir=cache_dir)
 
     def find_last(self):
-        """Path of the newest checkpoint of the newest run of this config's NAME."""
-        path = checkpoint.find_last(self.model_dir, self.run_name)
-        if path is None:
-            raise FileNotFoundError(
-                f"no checkpoint of '{self.run_name}' under {os.path.abspath(self.model_dir)}: "
-                f"train first, or pass the weights file path to load_weights()")
-        return path
+        """Path of the newest complete checkpoint of the newest run of this config's NAME.
+
+        Raises CheckpointNotFoundError (a FileNotFoundError) when there is none.
+        """
+        return checkpoint.require_last(self.model_dir, self.run_name)
 
     def set_log_dir(self, model_path=None):
         """Run folder and checkpoint naming; continues a run when given its checkpoint.
