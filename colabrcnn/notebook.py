@@ -23,13 +23,17 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import urllib.parse
+import urllib.request
+import time
 import zipfile
 
 import numpy as np
 
 from . import env, hardware, probe
+from .boxes import extract_bboxes
+from .data.dataset import read_image
+from .visualize import draw_instances
 from .checkpoint import load_inference, newest_checkpoint
 from .errors import AnnotationError, ColabRCNNError
 
@@ -148,7 +152,6 @@ def _gdrive_or_url_download(link, dest_dir):
             raise ColabRCNNError(f"gdown could not download {link}: is the file shared as "
                                  f"'anyone with the link'?")
         return out
-    import urllib.request
     name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(link).path)) \
         or "download"
     out = os.path.join(dest_dir, name)
@@ -288,7 +291,6 @@ def download(path):
 # -------------------------------------------------------------------- pictures
 def instances_picture(image, boxes, masks, class_ids, class_names=None, scores=None):
     """RGB uint8 picture of the instances over the image."""
-    from .visualize import draw_instances
     return draw_instances(image, boxes, masks, class_ids, class_names, scores)
 
 
@@ -355,7 +357,6 @@ def _slider_browser(count, render, description, width):
 def browse_dataset(dataset, width=640):
     """A slider over the dataset's images with their ground-truth masks, boxes and class
     names. Returns the widget."""
-    from .utils import extract_bboxes
     ids = list(dataset.image_ids)
     if not ids:
         raise ColabRCNNError("the dataset has no images")
@@ -386,7 +387,6 @@ def browse_dataset(dataset, width=640):
 def browse_results(images, results, class_names=None, titles=None, width=640):
     """A slider over detections: each image with its predicted masks, boxes, classes and
     scores. ``images`` are arrays or file paths; ``results`` are ``detect()``'s dicts."""
-    from .data.dataset import read_image
     images = list(images)
     results = list(results)
     if len(images) != len(results):
@@ -411,7 +411,6 @@ def browse_results(images, results, class_names=None, titles=None, width=640):
 def browse_images(pictures, titles=None, width=640):
     """A slider over pictures: file paths (e.g. the overlays ``predict_folder`` wrote)
     or RGB arrays."""
-    from .data.dataset import read_image
     pictures = list(pictures)
     if not pictures:
         raise ColabRCNNError("nothing to browse: no pictures")

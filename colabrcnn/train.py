@@ -26,6 +26,7 @@ from .checkpoint import (STATE_GROUP, checkpoint_path,  # noqa: F401 (re-exporte
 from .data.loader import DataGenerator
 from .errors import AnnotationError, ConfigError
 from .model.spec import LAYER_REGEX
+from .visualize import plot_history
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,6 @@ class LossPlotCallback(keras.callbacks.Callback):
         try:
             import matplotlib.pyplot as plt  # optional, heavy: imported when drawing
 
-            from .visualize import plot_history  # lazy: visualize imports matplotlib
             fig = plot_history(os.path.join(self.log_dir, "log.csv"),
                                os.path.join(self.log_dir, "loss.png"))
             plt.close(fig)

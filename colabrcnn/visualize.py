@@ -31,6 +31,9 @@ import re
 import cv2
 import numpy as np
 
+from .config import LOSS_NAMES
+from .model.transform import unmold_mask
+
 
 def class_color(class_id, class_name=None):
     """A stable, bright RGB colour per class (same class -> same colour, every run)."""
@@ -241,7 +244,8 @@ def display_differences(image, gt_box, gt_class_id, gt_mask, pred_box, pred_clas
     """Ground truth (green) and predictions (red) on one picture; each prediction's
     caption is "score / IoU" (IoU with its match, else its best overlap). Returns the
     Axes (see :func:`display_instances`)."""
-    from .utils import compute_matches
+    # lazy: evaluate's report module imports visualize
+    from .evaluate.ap import compute_matches
 
     gt_box = np.asarray(gt_box).reshape(-1, 4)
     pred_box = np.asarray(pred_box).reshape(-1, 4)
@@ -320,7 +324,6 @@ def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10)
     """
     plt = _plt()
     from matplotlib import lines, patches
-    from .utils import unmold_mask
 
     rois = np.asarray(rois)
     class_ids = np.asarray(class_ids)
@@ -544,7 +547,6 @@ def plot_history(csv_or_history, out_png=None):
     Accepts a run's ``log.csv`` (what ``MaskRCNN.train`` writes), a keras History or a
     dict of lists. One panel per loss present; returns the Figure (saved to ``out_png``).
     """
-    from .config import LOSS_NAMES
     plt = _plt()
     hist = _history_dict(csv_or_history)
     names = [n for n in ("loss",) + tuple(LOSS_NAMES) if n in hist]
