@@ -34,12 +34,12 @@ from .backbone import resnet_graph
 from .detection import DetectionLayer
 from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
-from .layers import ActiveClassIds, DetectionBoxes, MetaWindow, NormBoxes
+from .layers import ActiveClassIds, DetectionBoxes, FirstSlots, MetaWindow, NormBoxes
 from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
 from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
 from .spec import LAYER_REGEX  # noqa: F401 (matterport's presets, importable here)
-from .targets import DetectionTargetLayer
+from .targets import DetectionTargetLayer, positive_count
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,11 @@ class MaskRCNN:
                 rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
         t = c.TRAIN_ROIS_PER_IMAGE
         class_logits, _, deltas = self.classifier(roi_align(rois, *fmaps), t)
-        mask_logits = self.mask_head(mask_align(rois, *fmaps), t)
+        # The mask loss counts positives only, and the sampler puts them in the first
+        # slots: the mask head (the costliest part of the heads) runs on those alone.
+        n_pos = max(1, positive_count(t, c.ROI_POSITIVE_RATIO))
+        pos_rois = FirstSlots(n_pos, name="positive_rois", dtype="float32")(rois)
+        mask_logits = self.mask_head(mask_align(pos_rois, *fmaps), n_pos)
         active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
         losses = {
             "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(

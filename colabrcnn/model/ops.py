@@ -410,11 +410,14 @@ def _crop_and_resize_pure(images, boxes, box_indices, crop_size):
     left = ops.floor(in_x)
     y_lerp = (in_y - top)[:, :, None, None]                                # [N, h, 1, 1]
     x_lerp = (in_x - left)[:, None, :, None]                               # [N, 1, w, 1]
-    # Indices clipped into the image; samples outside it are zeroed below.
+    # Indices clipped into the image; samples outside it are zeroed below. The second
+    # corner is the next pixel, not ceil(): a compiler that recomputes the coordinate
+    # with other rounding could otherwise pair floor(7.9999995) = 7 with ceil(8.0000005)
+    # = 9 and send the gradient a pixel too far (for integer coordinates its weight is 0).
     top_i = ops.clip(ops.cast(top, "int32"), 0, height - 1)
-    bottom_i = ops.clip(ops.cast(ops.ceil(in_y), "int32"), 0, height - 1)
+    bottom_i = ops.clip(ops.cast(top, "int32") + 1, 0, height - 1)
     left_i = ops.clip(ops.cast(left, "int32"), 0, width - 1)
-    right_i = ops.clip(ops.cast(ops.ceil(in_x), "int32"), 0, width - 1)
+    right_i = ops.clip(ops.cast(left, "int32") + 1, 0, width - 1)
 
     # Row offsets into the flattened [B*H*W, C] images: (b*H + y)*W.
     base = box_indices[:, None] * height                                  # [N, 1]
