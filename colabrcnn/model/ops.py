@@ -367,7 +367,7 @@ def crop_and_resize(images, boxes, box_indices, crop_size, implementation="auto"
 
 # Pixels by which a sample point may fall outside the image and still read the border
 # (float32 rounding of the sampling grid; see _crop_and_resize_pure).
-_BORDER_SLACK = 1e-3
+BORDER_SLACK = 1e-3
 
 
 def _sample_grid(lo, hi, size, crop):
@@ -403,8 +403,8 @@ def _crop_and_resize_pure(images, boxes, box_indices, crop_size):
     # are common) can land an ulp outside after rounding — XLA fuses the sampling
     # grid into FMAs, so e.g. a flipped [1, 0] box ends at -5e-7 — and TF would return
     # 0 there. Within the slack we sample the border instead.
-    valid_y = ops.logical_and(in_y >= -_BORDER_SLACK, in_y <= h_f - 1.0 + _BORDER_SLACK)
-    valid_x = ops.logical_and(in_x >= -_BORDER_SLACK, in_x <= w_f - 1.0 + _BORDER_SLACK)
+    valid_y = ops.logical_and(in_y >= -BORDER_SLACK, in_y <= h_f - 1.0 + BORDER_SLACK)
+    valid_x = ops.logical_and(in_x >= -BORDER_SLACK, in_x <= w_f - 1.0 + BORDER_SLACK)
 
     top = ops.floor(in_y)
     left = ops.floor(in_x)
