@@ -61,3 +61,26 @@ def test_mask_head_trains_on_positive_slots_with_the_all_rois_loss(tmp_path):
     all_loss = MRCNNMaskLoss()(target_masks, class_ids, all_logits)
     assert float(to_numpy(loss)) > 0
     np.testing.assert_allclose(to_numpy(loss), to_numpy(all_loss), rtol=1e-5)
+
+
+def test_a_second_compile_with_the_same_layers_keeps_the_compiled_step(tmp_path):
+    model = tiny_model(tmp_path, mode="training")
+    km = model.keras_model
+    model.set_trainable("heads")
+    model.compile(0.01)
+    km.make_train_function()
+    step, optimizer = km.train_function, km.optimizer
+    assert step is not None
+    # Same layers and settings, another constant learning rate: kept, rate set.
+    model.set_trainable("heads")
+    model.compile(0.002)
+    assert km.train_function is step and km.optimizer is optimizer
+    assert float(to_numpy(km.optimizer.learning_rate)) == np.float32(0.002)
+    # Other trainable layers: compiled anew.
+    model.set_trainable("all")
+    model.compile(0.002)
+    assert km.train_function is None and km.optimizer is not optimizer
+    # Another momentum: compiled anew too.
+    km.make_train_function()
+    model.compile(0.002, momentum=0.5)
+    assert km.train_function is None

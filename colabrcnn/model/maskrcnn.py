@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import re
+import weakref
 
 import keras
 import numpy as np
@@ -99,6 +100,7 @@ class MaskRCNN:
         self.run_name = (config.NAME or "model").lower()
         self.epoch = 0
         self._optimizer_state = None  # checkpoint whose optimizer state train() restores
+        self._compiled_step = None  # see compile(): what the compiled step was built for
         self.log_dir = None
         self.checkpoint_path = None
         self.set_log_dir()
@@ -345,17 +347,45 @@ class MaskRCNN:
         return train_lib.set_trainable(self.keras_model, layer_regex, verbose=verbose)
 
     def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1):
-        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``)."""
+        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``).
+
+        One compile per run: when the trainable weights and the optimizer's settings are
+        those of the last compile, the compiled training step is kept (no retracing, no
+        XLA compile) with its optimizer, whose state then carries on as on a resume;
+        only a changed constant learning rate is set. Other changes (``layers``, a
+        schedule's settings or length, momentum) compile anew; so does a given
+        ``optimizer``.
+        """
         with self.scope():  # TF optimizers must be created in the strategy's scope
+            key = None
             if optimizer is None:
                 optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
                                                      momentum)
+                key = self._step_key(optimizer)
+                if self._compiled_step == key:
+                    if isinstance(optimizer.get_config()["learning_rate"], float):
+                        self.keras_model.optimizer.learning_rate = learning_rate
+                    return
             optimizer = distribute.optimizer_in_scope(optimizer, self.distribution)
             jit = "auto"
             if keras.backend.backend() == "torch":
                 jit = False  # see DESIGN: torch.compile is unreliable here; train eagerly
             # With a mixed_float16 policy Keras wraps the optimizer in a LossScaleOptimizer.
             self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
+            self._compiled_step = key
+
+    def _step_key(self, optimizer):
+        """What the compiled training step depends on: the Keras model itself (rebuilt
+        after an out-of-memory reduction), its trainable weights and the optimizer's
+        settings. A constant learning rate is a variable of the optimizer, not part of
+        it; a schedule's settings are (they are traced into the step)."""
+        settings = optimizer.get_config()
+        settings.pop("name")  # unique per optimizer object
+        if isinstance(settings["learning_rate"], float):  # not a schedule
+            settings.pop("learning_rate")
+        return (weakref.ref(self.keras_model),
+                tuple(v.path for v in self.keras_model.trainable_variables),
+                repr(sorted(settings.items())))
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
