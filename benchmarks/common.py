@@ -1,10 +1,11 @@
 """Shared pieces of the model benchmarks: backend choice, config presets, memory.
 
 Import this module before Keras: ``select_backend`` sets KERAS_BACKEND from --backend.
+Building a model and measuring steps is ``colabrcnn.probe`` (shared with
+``memory.fit_to_gpu`` and ``notebook.measure_step``).
 """
 import argparse
 import os
-import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,44 +62,15 @@ def make_config(args, **extra):
 
 
 def device_name():
-    import keras
-    backend = keras.backend.backend()
-    try:
-        if backend == "jax":
-            import jax
-            return str(jax.devices()[0].device_kind)
-        if backend == "torch":
-            import torch
-            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        import tensorflow as tf
-        gpus = tf.config.list_physical_devices("GPU")
-        return gpus[0].name if gpus else "cpu"
-    except Exception as e:  # a benchmark should still print its numbers
-        return f"unknown ({e})"
+    """The device the Keras backend computes on (colabrcnn.probe.device_name)."""
+    from colabrcnn import probe
+    return probe.device_name()
 
 
 def peak_memory():
-    """(peak accelerator bytes or None, peak process RSS bytes)."""
-    import keras
-    backend = keras.backend.backend()
-    device = None
-    try:
-        if backend == "jax":
-            import jax
-            stats = jax.devices()[0].memory_stats() or {}
-            device = stats.get("peak_bytes_in_use")
-        elif backend == "torch":
-            import torch
-            if torch.cuda.is_available():
-                device = torch.cuda.max_memory_allocated()
-        else:
-            import tensorflow as tf
-            if tf.config.list_physical_devices("GPU"):
-                device = tf.config.experimental.get_memory_info("GPU:0")["peak"]
-    except Exception:
-        device = None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return device, rss
+    """(peak accelerator bytes or None, peak process RSS bytes), from colabrcnn.probe."""
+    from colabrcnn import probe
+    return probe.read_peak_memory(), probe.peak_rss_bytes()
 
 
 def fmt_bytes(n):

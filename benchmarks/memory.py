@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from common import PRESETS, base_parser, fmt_bytes
 
@@ -71,13 +70,10 @@ def run_row(args, spec):
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import numpy as np
 
-    from common import make_config, peak_memory
+    from common import make_config
 
-    from colabrcnn import MaskRCNN, memory
-    from colabrcnn.data import shapes
-    from colabrcnn.data.loader import DataGenerator
+    from colabrcnn import memory, probe
 
     label, layers, batch_mult, mixed, remat = spec
     args.batch = args.batch * batch_mult
@@ -87,32 +83,18 @@ def run_row(args, spec):
            "backbone": config.BACKBONE, "image": int(config.IMAGE_SHAPE[0]),
            "mixed": mixed, "remat": remat, "estimate": est.total,
            "backend": keras.backend.backend()}
-    try:
-        keras.utils.set_random_seed(0)
-        model = MaskRCNN("training", config, model_dir="/tmp/colabrcnn-bench-memory")
-        model.set_trainable(layers)
-        model.compile(config.LEARNING_RATE, config.LEARNING_MOMENTUM)
-        size = int(config.IMAGE_SHAPE[0])
-        data = shapes(max(4, config.BATCH_SIZE), size, seed=0)
-        batch = DataGenerator(data, config, shuffle=False, seed=0)[0]
+
+    def plan(model, batch):
         if args.xla and keras.backend.backend() == "jax":
             out["xla_plan"] = xla_plan(model.keras_model, batch)
-        for _ in range(args.warmup):
-            model.keras_model.train_on_batch(batch)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            logs = model.keras_model.train_on_batch(batch, return_dict=True)
-        float(np.asarray(logs["loss"]))          # wait for the device
-        elapsed = time.perf_counter() - t0
-        out["images_per_s"] = args.steps * config.BATCH_SIZE / elapsed
-        out["device_peak"], out["rss"] = peak_memory()
-    except Exception as e:  # noqa: BLE001 - a failed row is a result too
-        out["device_peak"], out["rss"] = peak_memory()
-        first = (str(e).strip().splitlines() or [""])
-        text = next((t for t in first if t.strip()
-                     and not t.startswith("Exception encountered")), first[0])
-        out["error"] = ("OOM" if memory.is_oom_error(e) else type(e).__name__) \
-            + ": " + text[:120]
+
+    got = probe.measure(config, layers, steps=args.steps, warmup=args.warmup, seed=0,
+                        model_dir="/tmp/colabrcnn-bench-memory", on_built=plan)
+    out["device_peak"], out["rss"] = got["peak_bytes"], got["rss_bytes"]
+    if got["status"] == "ok":
+        out["images_per_s"] = got["images_per_second"]
+    else:
+        out["error"] = ("OOM: " if got["status"] == "out of memory" else "") + got["error"]
     print("ROW " + json.dumps(out), flush=True)
 
 

@@ -58,9 +58,7 @@ def child(args):
     import keras
     import numpy as np
 
-    from colabrcnn import MaskRCNN, distribute
-    from colabrcnn.data import shapes
-    from colabrcnn.data.loader import DataGenerator
+    from colabrcnn import distribute, probe
 
     total = distribute.device_count()
     n = total if n == 0 else n
@@ -71,17 +69,12 @@ def child(args):
                      RPN_TRAIN_ANCHORS_PER_IMAGE=32, MINI_MASK_SHAPE=(14, 14),
                      TOP_DOWN_PYRAMID_SIZE=32, FPN_CLASSIF_FC_LAYERS_SIZE=64,
                      IMAGES_PER_GPU=args.batch or 1)
-    keras.utils.set_random_seed(0)
     config = make_config(args, **extra)
-    model = MaskRCNN("training", config, model_dir="/tmp/colabrcnn-bench")
-    model.set_trainable(args.layers)
-    model.compile(config.LEARNING_RATE, config.LEARNING_MOMENTUM)
+    model, batch = probe.build(config, args.layers, seed=0, model_dir="/tmp/colabrcnn-bench")
     size = int(config.IMAGE_SHAPE[0])
-    batch = DataGenerator(shapes(max(4, config.BATCH_SIZE), size, seed=0), config,
-                          shuffle=False, seed=0)[0]
     if model.distribution.backend == "tensorflow" and model.distribution.distributed:
         # tf.distribute cannot average bool tensors when it builds the step (see
-        # MaskRCNN._fit): masks go as uint8, the model casts them back.
+        # colabrcnn.train._fit): masks go as uint8, the model casts them back.
         batch = {k: (v.astype(np.uint8) if v.dtype == bool else v)
                  for k, v in batch.items()}
     steps = args.warmup + args.steps

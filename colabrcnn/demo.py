@@ -5,12 +5,15 @@ detect on images it has not seen and save pictures. Runs on a CPU in a few minut
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
 import numpy as np
 
 from .config import Config
+
+logger = logging.getLogger(__name__)
 
 
 class ShapesConfig(Config):
@@ -103,6 +106,6 @@ def run_demo(out_dir="runs/demo", epochs=40, train_images=500, val_images=8,
     with open(os.path.join(model.log_dir, "demo_metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     if verbose:
-        print(f"\nmask AP50 on {val_images} unseen images: {metrics['mask_AP50']:.3f}")
-        print(f"pictures (ground truth | prediction): {model.log_dir}/val_*.png")
+        logger.info("\nmask AP50 on %d unseen images: %.3f", val_images, metrics["mask_AP50"])
+        logger.info("pictures (ground truth | prediction): %s/val_*.png", model.log_dir)
     return metrics

@@ -33,11 +33,15 @@ This module imports no backend at import time: ``colabrcnn doctor`` uses
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
+from . import hardware
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -50,8 +54,7 @@ TORCH_MULTI = ("The torch backend has no multi-device training through Keras: us
 def _backend():
     if "keras" in sys.modules:
         return sys.modules["keras"].backend.backend()
-    from .env import keras_backend
-    return keras_backend()
+    return hardware.keras_backend()
 
 
 # ------------------------------------------------------------------- devices
@@ -76,26 +79,16 @@ def _tf_tpu_strategy():
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        print(f"colabrcnn: a TPU seems present but TensorFlow could not connect to it "
-              f"({e}); continuing without it.")
+        logger.warning("colabrcnn: a TPU seems present but TensorFlow could not connect "
+                       "to it (%s); continuing without it.", e)
         _TPU_STRATEGY = False
         return None
     _TPU_STRATEGY = tf.distribute.TPUStrategy(resolver)
     return _TPU_STRATEGY
 
 
-def has_tpu(environ=None):
-    """Whether this machine looks like it has a TPU (no backend import): TPU chips
-    under /dev/accel*, TPU environment variables, or /dev/vfio with libtpu installed
-    (newer TPU VMs)."""
-    import importlib.util
-    from .env import _tpu_devices
-    if _tpu_devices(os.environ if environ is None else environ):
-        return True
-    try:
-        return os.path.isdir("/dev/vfio") and importlib.util.find_spec("libtpu") is not None
-    except (ImportError, ValueError):
-        return False
+# TPU detection lives in colabrcnn.hardware (no backend import); re-exported here.
+has_tpu = hardware.has_tpu
 
 
 def backend_devices(backend=None):

@@ -14,17 +14,18 @@ and other code can ask "what would be wrong on a machine like this?" without one
 """
 from __future__ import annotations
 
-import glob
 import importlib.metadata
 import importlib.util
-import json
+import logging
 import os
 import platform as _platform
 import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
+
+from . import __version__, hardware
+from .distribute import describe_plan
+
+logger = logging.getLogger(__name__)
 
 # Minimum versions the package is written for; keep in step with setup.cfg.
 MIN_PYTHON = (3, 10)
@@ -83,40 +84,8 @@ def detect_platform(environ=None):
 
 
 # ----------------------------------------------------------------- backend
-def _keras_home(environ):
-    # Same rule as keras/src/backend/config.py: $KERAS_HOME, else ~/.keras, else /tmp.
-    if "KERAS_HOME" in environ:
-        return environ["KERAS_HOME"]
-    base = os.path.expanduser("~")
-    if not os.access(base, os.W_OK):
-        base = "/tmp"
-    return os.path.join(base, ".keras")
-
-
-def keras_backend(environ=None):
-    """The Keras backend name Keras uses (or would use) here, without importing Keras.
-
-    If Keras is already imported its answer is taken. Otherwise, as Keras decides:
-    KERAS_BACKEND, else ``backend`` in ``$KERAS_HOME/keras.json`` (~/.keras), else
-    "tensorflow".
-    """
-    env = os.environ if environ is None else environ
-    if environ is None and "keras" in sys.modules:
-        try:
-            return sys.modules["keras"].backend.backend()
-        except Exception:  # a half-imported or broken Keras: fall back to the rules
-            pass
-    if env.get("KERAS_BACKEND"):
-        return env["KERAS_BACKEND"]
-    path = os.path.join(_keras_home(env), "keras.json")
-    try:
-        with open(path) as f:
-            backend = json.load(f).get("backend")
-        if isinstance(backend, str) and backend:
-            return backend
-    except (OSError, ValueError, AttributeError):
-        pass
-    return "tensorflow"
+# keras_backend lives in colabrcnn.hardware (a leaf module); re-exported here.
+keras_backend = hardware.keras_backend
 
 
 # ---------------------------------------------------------------- versions
@@ -137,7 +106,6 @@ def versions():
     Read from package metadata, so nothing is imported (a broken TensorFlow does not
     crash this). colabrcnn's own version is the running code's ``__version__``.
     """
-    from . import __version__
     out = {"python": _platform.python_version()}
     for key, dists in _DISTRIBUTIONS.items():
         out[key] = _installed_version(dists)
@@ -164,126 +132,28 @@ def _older(version_text, minimum):
 
 
 # ----------------------------------------------------------------- devices
-def _nvidia_smi_devices(timeout=10):
-    """GPUs listed by nvidia-smi, or None when it is missing or fails."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "--query-gpu=name,memory.total",
-                               "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    return parse_nvidia_smi(proc.stdout)
-
-
-def parse_nvidia_smi(text):
-    """Parse ``name, memory_MiB`` lines into device dicts (memory None if "[N/A]")."""
-    devices = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        name, _, mem = line.rpartition(",")
-        if not name:  # no comma: only a name
-            name, mem = mem, ""
-        try:
-            memory = int(float(mem.strip())) * 1024 * 1024
-        except ValueError:
-            memory = None
-        devices.append({"name": name.strip(), "kind": "gpu", "memory_bytes": memory})
-    return devices
-
-
-def _backend_gpus():
-    """GPUs seen by a backend that is *already imported* (importing one costs seconds)."""
-    try:
-        if "torch" in sys.modules:
-            torch = sys.modules["torch"]
-            if torch.cuda.is_available():
-                return [{"name": torch.cuda.get_device_name(i), "kind": "gpu",
-                         "memory_bytes": int(torch.cuda.get_device_properties(i).total_memory)}
-                        for i in range(torch.cuda.device_count())]
-        if "jax" in sys.modules:
-            devs = [d for d in sys.modules["jax"].devices() if d.platform in ("gpu", "tpu")]
-            out = []
-            for d in devs:
-                try:
-                    memory = d.memory_stats().get("bytes_limit")
-                except Exception:
-                    memory = None
-                out.append({"name": getattr(d, "device_kind", str(d)), "kind": d.platform,
-                            "memory_bytes": memory})
-            if out:
-                return out
-        if "tensorflow" in sys.modules:
-            tf = sys.modules["tensorflow"]
-            gpus = tf.config.list_physical_devices("GPU")
-            return [{"name": tf.config.experimental.get_device_details(g).get(
-                        "device_name", g.name), "kind": "gpu", "memory_bytes": None}
-                    for g in gpus]
-    except Exception:
-        pass
-    return []
-
-
-def _tpu_devices(environ):
-    # TPU VMs expose /dev/accel* (older) or /dev/vfio (newer); Colab's old TPU nodes
-    # set COLAB_TPU_ADDR. No backend import is needed to see them.
-    chips = sorted(glob.glob("/dev/accel[0-9]*"))
-    if chips:
-        return [{"name": f"TPU ({os.path.basename(c)})", "kind": "tpu",
-                 "memory_bytes": None} for c in chips]
-    if environ.get("COLAB_TPU_ADDR") or environ.get("TPU_NAME") or \
-            environ.get("TPU_ACCELERATOR_TYPE"):
-        name = environ.get("TPU_ACCELERATOR_TYPE") or "TPU"
-        return [{"name": name, "kind": "tpu", "memory_bytes": None}]
-    return []
-
-
-def _ram_bytes():
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def devices():
-    """Accelerators, then the CPU: [{"name", "kind": "gpu"|"tpu"|"cpu", "memory_bytes"}].
-
-    GPUs come from nvidia-smi when present (no backend import); otherwise from a
-    backend already imported. ``memory_bytes`` is the total, None when unknown; for the
-    CPU it is the machine's RAM.
-    """
-    accelerators = _nvidia_smi_devices()
-    if not accelerators:
-        accelerators = _backend_gpus()
-    if not accelerators:
-        accelerators = _tpu_devices(os.environ)
-    cpu = {"name": f"CPU ({os.cpu_count() or '?'} cores)", "kind": "cpu",
-           "memory_bytes": _ram_bytes()}
-    return list(accelerators) + [cpu]
+# Devices come from colabrcnn.hardware (one nvidia-smi query); re-exported here.
+devices = hardware.devices
+parse_nvidia_smi = hardware.parse_nvidia_smi
 
 
 # ----------------------------------------------------------- Google Drive
 def mount_drive(path="/content/drive", force_remount=False):
     """Mount Google Drive at ``path`` on Colab and return ``path``.
 
-    Elsewhere (Kaggle, a laptop, CI) this prints why nothing happened and returns None,
+    Elsewhere (Kaggle, a laptop, CI) this logs why nothing happened and returns None,
     so notebooks run unchanged: keep model_dir on a local folder there.
     """
     where = detect_platform()
     if where != "colab":
-        print(f"mount_drive: not on Colab (platform: {where}); Google Drive is not "
-              f"mounted. Save checkpoints to a local folder instead.")
+        logger.info("mount_drive: not on Colab (platform: %s); Google Drive is not "
+                    "mounted. Save checkpoints to a local folder instead.", where)
         return None
     try:
         from google.colab import drive
     except ImportError:
-        print("mount_drive: this looks like Colab but google.colab cannot be imported; "
-              "Google Drive is not mounted.")
+        logger.warning("mount_drive: this looks like Colab but google.colab cannot be "
+                       "imported; Google Drive is not mounted.")
         return None
     drive.mount(str(path), force_remount=force_remount)
     return str(path)
@@ -397,7 +267,6 @@ def describe(facts):
                      f"({_format_bytes(d.get('memory_bytes'))})")
     if not facts.get("devices"):
         lines.append("  none found")
-    from .distribute import describe_plan  # pure, imports no backend
     lines.append(f"Distribution: {describe_plan(facts.get('backend'), facts.get('devices'))}")
     return lines
 

@@ -16,11 +16,11 @@ Python: :func:`load_exported` wraps the graph so ``detect`` does both, given the
 """
 from __future__ import annotations
 
-import json
 import os
 
 import keras
 
+from .checkpoint import config_from_json, load_inference
 from .config import Config
 from .distribute import DeviceSetup
 from .errors import ConfigError
@@ -37,44 +37,6 @@ def config_path_for(path):
     if base.endswith(".keras"):
         base = base[:-len(".keras")]
     return base + ".config.json"
-
-
-def _derived_settings():
-    """Settings Config.__init__ computes (BATCH_SIZE, IMAGE_SHAPE, ...): not inputs."""
-    cfg = Config(NUM_CLASSES=2)
-    derived = {k for k in vars(cfg) if k.isupper()} - set(Config._setting_names())
-    return derived | {"BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE"}
-
-
-def config_from_json(source, base=Config):
-    """A Config from a JSON file path, a JSON string or a dict of overrides.
-
-    Accepts what ``Config.to_json()`` writes (derived settings such as BATCH_SIZE and
-    IMAGE_SHAPE are recomputed, not read) as well as a small file of overrides like
-    ``{"NUM_CLASSES": 3, "IMAGE_MAX_DIM": 512}``. Unknown names raise ConfigError.
-    """
-    if isinstance(source, dict):
-        data = dict(source)
-    else:
-        text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
-        if not text.lstrip().startswith("{"):
-            if not os.path.exists(text):
-                raise ConfigError(f"config file not found: {text}")
-            with open(text) as f:
-                text = f.read()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config JSON is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError("config JSON must be an object of SETTING: value pairs")
-    derived = _derived_settings()
-    overrides = {k: v for k, v in data.items() if k not in derived}
-    for key in ("MINI_MASK_SHAPE", "MASK_SHAPE", "RPN_ANCHOR_SCALES", "RPN_ANCHOR_RATIOS",
-                "BACKBONE_STRIDES"):
-        if isinstance(overrides.get(key), list):
-            overrides[key] = tuple(overrides[key])
-    return base(**overrides)
 
 
 def _keras_model(model):
@@ -165,21 +127,10 @@ def load_exported(path, config=None, model_dir=None):
 
 
 def load_inference_model(weights, config=None, model_dir=None):
-    """An inference model from a weights file: a ``.keras`` export (config optional, see
-    :func:`load_exported`) or an ``.h5`` checkpoint / matterport file (config needed:
-    a Config or anything :func:`config_from_json` reads)."""
-    weights = os.fspath(weights)
-    if weights.endswith(".keras"):
-        return load_exported(weights, config, model_dir)
-    if config is None:
-        raise ConfigError(f"{os.path.basename(weights)} holds weights only: give the "
-                          f"Config it was trained with (e.g. --config config.json, as "
-                          f"written by Config.to_json())")
-    if not isinstance(config, Config):
-        config = config_from_json(config)
-    model = MaskRCNN("inference", config, model_dir or "logs")
-    model.load_weights(weights, by_name=True)
-    return model
+    """An inference model from a weights file: a ``.keras`` export or an ``.h5``
+    checkpoint / matterport file. The config is optional where the file has one beside
+    it (see :func:`colabrcnn.checkpoint.load_inference`, which this calls)."""
+    return load_inference(weights, config, model_dir)
 
 
 def export_saved_model(model, export_dir, verbose=False):

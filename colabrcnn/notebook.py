@@ -15,19 +15,18 @@ Nothing here imports Keras at module level.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import urllib.parse
 import zipfile
 
 import numpy as np
 
-from . import env
+from . import env, hardware, probe
+from .checkpoint import load_inference, newest_checkpoint
 from .errors import ColabRCNNError
 
 KAGGLE_INPUT = "/kaggle/input"
@@ -49,19 +48,9 @@ def platform():
     return env.detect_platform()
 
 
-def _accelerators():
-    return [d for d in env.devices() if d.get("kind") in ("gpu", "tpu")]
-
-
-def has_gpu():
-    """True when a GPU (or TPU) is visible, without importing a backend."""
-    return bool(_accelerators())
-
-
-def gpu_name():
-    """Name of the first accelerator, or None."""
-    acc = _accelerators()
-    return acc[0]["name"] if acc else None
+# From colabrcnn.hardware (no backend import).
+has_gpu = hardware.has_gpu
+gpu_name = hardware.gpu_name
 
 
 def in_notebook():
@@ -455,29 +444,10 @@ def find_checkpoint(model_dir, which="last", name=None):
     which: "last" (the newest complete epoch or mid-epoch checkpoint of the newest run)
     or "best" (the lowest validation loss of that run; the last when no best was kept).
     name: the Config NAME to look for (default: any). Returns None when there is none.
+    The newest run is the one whose folder name has the latest timestamp (see
+    :mod:`colabrcnn.checkpoint`).
     """
-    from . import train as train_lib
-    if which not in ("last", "best"):
-        raise ColabRCNNError(f"which must be 'last' or 'best', got {which!r}")
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        return None
-    runs = [model_dir] + [d for d in glob.glob(os.path.join(model_dir, "*"))
-                          if os.path.isdir(d)]
-    candidates = []
-    for run in runs:
-        ckpts = [p for p in train_lib.list_checkpoints(run, name) if train_lib._readable(p)]
-        if ckpts:
-            candidates.append((os.path.getmtime(ckpts[-1]), run, ckpts[-1]))
-    if not candidates:
-        return None
-    _, run, last = max(candidates)
-    if which == "best":
-        pattern = f"mask_rcnn_{name}_best.h5" if name else "mask_rcnn_*_best.h5"
-        best = sorted(glob.glob(os.path.join(run, pattern)))
-        if best:
-            return best[-1]
-    return last
+    return newest_checkpoint(model_dir, name, which)
 
 
 def load_for_inference(checkpoint, config=None, model_dir=None, **overrides):
@@ -488,32 +458,8 @@ def load_for_inference(checkpoint, config=None, model_dir=None, **overrides):
     overrides change settings for inference (e.g. ``DETECTION_MIN_CONFIDENCE=0.5``;
     IMAGES_PER_GPU=1 is used unless given). A ``.keras`` export works too.
     """
-    from .export import config_from_json, load_exported
-    from .model.maskrcnn import MaskRCNN
-    from .train import read_state
-    checkpoint = os.fspath(checkpoint)
-    if checkpoint.endswith(".keras"):
-        return load_exported(checkpoint, config, model_dir)
-    if config is None:
-        beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
-        if os.path.exists(beside):
-            config = beside
-        else:
-            state = read_state(checkpoint) or {}
-            text = state.get("config_json")
-            if not text or text == "{}":
-                raise ColabRCNNError(f"no config.json beside {checkpoint} and none saved in "
-                                     f"it: pass config= (the Config it was trained with)")
-            config = text
-    from .config import Config
-    if not isinstance(config, Config):
-        config = config_from_json(config)
     overrides.setdefault("IMAGES_PER_GPU", 1)
-    config = config.copy(**overrides)
-    model = MaskRCNN("inference", config,
-                     model_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
-    model.load_weights(checkpoint, by_name=True)
-    return model
+    return load_inference(checkpoint, config, model_dir, **overrides)
 
 
 # ---------------------------------------------------------------- measuring
@@ -541,51 +487,11 @@ def measure_step(config, layers="all", steps=3, warmup=1, seed=0):
 
     Out-of-memory is caught and reported (the next row can still run); the memory is
     released after each call. The first (warm-up) steps compile and are not timed.
+    (:func:`colabrcnn.probe.measure` does the work.)
     """
-    import keras
-
-    from . import memory
-    from .data.loader import DataGenerator
-    from .data.shapes import shapes
-    from .model.maskrcnn import MaskRCNN
-
-    out = {"peak_bytes": None, "step_seconds": None, "images_per_second": None,
-           "status": "ok"}
-    memory.free_memory()
-    keras.utils.set_random_seed(seed)
-    baseline = memory.reset_peak_memory()
-    model = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = MaskRCNN("training", config, model_dir=tmp)
-            model.set_trainable(layers)
-            model.compile(config.LEARNING_RATE)
-            size = int(config.IMAGE_SHAPE[0])
-            data = shapes(max(2, config.BATCH_SIZE), size, seed=seed,
-                          max_instances=min(4, config.MAX_GT_INSTANCES))
-            batch = DataGenerator(data, config, shuffle=False, seed=seed)[0]
-            logs = None
-            for _ in range(max(1, warmup)):
-                logs = model.keras_model.train_on_batch(batch, return_dict=True)
-            float(logs["loss"])
-            start = time.time()
-            for _ in range(steps):
-                logs = model.keras_model.train_on_batch(batch, return_dict=True)
-            float(logs["loss"])   # wait for the device
-            seconds = (time.time() - start) / max(1, steps)
-            out["step_seconds"] = seconds
-            out["images_per_second"] = config.BATCH_SIZE / seconds if seconds else None
-            out["peak_bytes"] = memory.read_peak_memory(baseline)
-    except Exception as e:  # noqa: BLE001 - one lever failing must not end the table
-        if memory.is_oom_error(e):
-            out["status"] = "out of memory"
-        else:
-            first = (str(e).strip().splitlines() or [""])[0][:100]
-            out["status"] = f"error: {type(e).__name__}: {first}"
-    finally:
-        del model
-        memory.free_memory()
-    return out
+    got = probe.measure(config, layers, steps=steps, warmup=warmup, seed=seed)
+    return {k: got[k] for k in ("peak_bytes", "step_seconds", "images_per_second",
+                                "status")}
 
 
 def format_table(rows, columns=None):

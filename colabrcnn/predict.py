@@ -24,6 +24,7 @@ its extension, with sub-folders kept when ``recursive``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import warnings
@@ -31,6 +32,8 @@ import warnings
 import numpy as np
 
 from .errors import ColabRCNNError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_FORMATS = ("instance_png", "per_instance", None)
@@ -114,7 +117,7 @@ def predict_folder(model, in_dir, out_dir, class_names=None, batch_size=None,
 
     from . import visualize
     from .data.dataset import read_image
-    from .evaluate import _xywh, encode_mask
+    from .evaluate import encode_mask, to_xywh
 
     if mask_format not in MASK_FORMATS:
         raise ColabRCNNError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -177,7 +180,7 @@ def predict_folder(model, in_dir, out_dir, class_names=None, batch_size=None,
                                 "path": os.path.abspath(path)})
             for k in range(len(class_ids)):
                 coco_anns.append({"id": len(coco_anns) + 1, "image_id": image_id,
-                                  "category_id": int(class_ids[k]), "bbox": _xywh(rois[k]),
+                                  "category_id": int(class_ids[k]), "bbox": to_xywh(rois[k]),
                                   "segmentation": encode_mask(masks[..., k]),
                                   "area": float(masks[..., k].sum()), "score": float(scores[k]),
                                   "iscrowd": 0})
@@ -197,8 +200,8 @@ def predict_folder(model, in_dir, out_dir, class_names=None, batch_size=None,
                        "annotations": coco_anns}, f)
     if verbose:
         n = sum(len(r["class_ids"]) for r in records)
-        print(f"{len(records)} images, {n} instances -> {out_dir}"
-              + (f" ({len(errors)} unreadable, skipped)" if errors else ""))
+        logger.info("%d images, %d instances -> %s%s", len(records), n, out_dir,
+                    f" ({len(errors)} unreadable, skipped)" if errors else "")
     return {"out_dir": out_dir, "coco_json": json_path, "errors": errors, "images": records}
 
 

@@ -1,26 +1,17 @@
-"""The training workflow: layer selection, optimizer and schedule, disconnect-proof
-checkpoints, resume, logs and pictures of the curves.
+"""The training workflow behind ``MaskRCNN.train``: layer selection, optimizer and
+schedule, the epoch loop (``Model.fit`` with resume inside an epoch), checkpoint and
+loss-curve callbacks.
 
-Checkpoint files live in the run folder ``<model_dir>/<name><YYYYmmddTHHMM>/``:
-
-    mask_rcnn_<name>_0003.h5           after epoch 3 (matterport's naming)
-    mask_rcnn_<name>_0004_s00120.h5    during epoch 4, after its 120th step
-    mask_rcnn_<name>_best.h5           lowest validation loss so far
-
-Each is the Keras-2 HDF5 weights layout (loadable by name anywhere) plus a
-``training_state`` group: optimizer variables, epochs done, steps into the epoch,
-the config and the trained layers. A file is written under a temporary name and
-renamed when complete, so a Colab disconnect or a SIGKILL never leaves a half
-checkpoint under a checkpoint name.
+Checkpoint naming, saving, listing and resuming live in :mod:`colabrcnn.checkpoint`;
+the names below are re-exported from there for code that used them here.
 """
 from __future__ import annotations
 
-import glob
-import json
+import importlib.util
+import logging
 import math
 import os
 import re
-import shutil
 import time
 import warnings
 
@@ -28,10 +19,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from . import memory
+from .checkpoint import (STATE_GROUP, checkpoint_path,  # noqa: F401 (re-exported)
+                         find_last, list_checkpoints, parse_checkpoint_name,
+                         prune_checkpoints, read_state, restore_optimizer, save_checkpoint)
+from .data.loader import DataGenerator
+from .errors import ConfigError
 from .model.spec import LAYER_REGEX
 
-STATE_GROUP = "training_state"
-_CKPT_RE = re.compile(r"mask_rcnn_(?P<name>[\w-]+?)_(?P<epoch>\d{4})(?:_s(?P<step>\d+))?\.h5$")
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------- layer selection
@@ -62,7 +58,7 @@ def set_trainable(keras_model, layers, verbose=0):
     for layer in keras_model.layers:
         visit(layer)
     if verbose:
-        print(f"Trainable layers ({len(trainable)}): {', '.join(trainable)}")
+        logger.info("Trainable layers (%d): %s", len(trainable), ", ".join(trainable))
     return trainable
 
 
@@ -124,169 +120,20 @@ def make_optimizer(config, learning_rate, end_epoch=1, momentum=None):
         gradient_accumulation_steps=k if k > 1 else None)
 
 
-# --------------------------------------------------------------------- checkpoints
-def parse_checkpoint_name(path):
-    """-> (name, epochs_done, step_in_next_epoch) or None for other files.
-
-    ``mask_rcnn_x_0003.h5`` is (x, 3, 0); ``mask_rcnn_x_0004_s00120.h5`` is (x, 3, 120).
-    """
-    m = _CKPT_RE.search(os.path.basename(str(path)))
-    if not m:
-        return None
-    epoch = int(m.group("epoch"))
-    step = int(m.group("step") or 0)
-    return m.group("name"), (epoch - 1 if step else epoch), step
 
 
-def checkpoint_path(log_dir, name, epochs_done, step=0):
-    if step:
-        return os.path.join(log_dir, f"mask_rcnn_{name}_{epochs_done + 1:04d}_s{step:05d}.h5")
-    return os.path.join(log_dir, f"mask_rcnn_{name}_{epochs_done:04d}.h5")
-
-
-def save_checkpoint(model, path, optimizer=None, epochs_done=0, step=0, config=None,
-                    layers=None, logs=None):
-    """Weights + optimizer state + position, written atomically to ``path``."""
-    import h5py
-
-    from . import weights
-    partial = f"{path}.partial{os.getpid()}"
-    weights.save_weights(model, partial)
-    with h5py.File(partial, "a") as f:
-        g = f.create_group(STATE_GROUP)
-        g.attrs["epochs_done"] = int(epochs_done)
-        g.attrs["step"] = int(step)
-        g.attrs["time"] = time.time()
-        g.attrs["layers"] = str(layers or "")
-        g.attrs["config_json"] = config.to_json() if config is not None else "{}"
-        g.attrs["logs_json"] = json.dumps({k: float(v) for k, v in (logs or {}).items()
-                                           if np.isscalar(v) or np.ndim(v) == 0})
-        if optimizer is not None and getattr(optimizer, "built", False):
-            og = g.create_group("optimizer")
-            for i, v in enumerate(optimizer.variables):
-                ds = og.create_dataset(f"{i:05d}", data=np.asarray(keras.ops.convert_to_numpy(v)))
-                ds.attrs["path"] = v.path
-            og.attrs["count"] = len(optimizer.variables)
-        g.attrs["complete"] = 1
-    os.replace(partial, path)
-    return path
-
-
-def read_state(path):
-    """The training_state of a checkpoint (dict), or None for plain weight files."""
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            if STATE_GROUP not in f:
-                return None
-            g = f[STATE_GROUP]
-            state = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-            state["has_optimizer"] = "optimizer" in g
-            return state
-    except OSError:
-        return None
-
-
-def restore_optimizer(optimizer, path, trainable_variables):
-    """Load optimizer variables saved by save_checkpoint; returns what was restored.
-
-    The optimizer is built for ``trainable_variables`` first. When the saved state
-    does not match (other layers trained), only the iteration counter is restored.
-    """
-    import h5py
-    optimizer.build(trainable_variables)
-    with h5py.File(path, "r") as f:
-        og = f.get(f"{STATE_GROUP}/optimizer")
-        if og is None:
-            return "none"
-        saved = [np.asarray(og[k]) for k in sorted(og.keys())]
-    variables = optimizer.variables
-    if len(saved) == len(variables) and all(
-            tuple(s.shape) == tuple(v.shape) for s, v in zip(saved, variables)):
-        for v, s in zip(variables, saved):
-            v.assign(s.astype(v.dtype))
-        return "all"
-    # Different trainable set: keep the position of the schedule at least.
-    for v, s in zip(variables, saved):
-        if v.path.endswith("iteration") or v.name == "iteration":
-            if s.shape == ():
-                v.assign(s.astype(v.dtype))
-            return "iterations"
-    return "none"
-
-
-def list_checkpoints(log_dir, name=None):
-    """Complete checkpoints of a run folder, oldest first by (epochs_done, step)."""
-    out = []
-    for path in glob.glob(os.path.join(log_dir, "mask_rcnn_*.h5")):
-        parsed = parse_checkpoint_name(path)
-        if parsed is None or (name is not None and parsed[0] != name):
-            continue
-        out.append(((parsed[1], parsed[2]), path))
-    return [p for _, p in sorted(out)]
-
-
-def find_last(model_dir, name):
-    """Newest checkpoint (by epoch and step) of the newest run of ``name``, or None.
-
-    Works on our checkpoints and on matterport-style ``mask_rcnn_<name>_<epoch>.h5``.
-    A run folder whose files are all unreadable is skipped.
-    """
-    runs = sorted(d for d in glob.glob(os.path.join(model_dir, name + "*"))
-                  if os.path.isdir(d) and re.fullmatch(re.escape(name) + r"\d{8}T\d{4}",
-                                                       os.path.basename(d)))
-    for run in reversed(runs):
-        for path in reversed(list_checkpoints(run, name)):
-            if _readable(path):
-                return path
-    return None
-
-
-def _readable(path):
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            state = f.get(STATE_GROUP)
-            return state is None or int(state.attrs.get("complete", 0)) == 1
-    except OSError:
-        return False
-
-
-def prune_checkpoints(log_dir, name, keep):
-    """Keep the newest ``keep`` epoch checkpoints; drop mid-epoch files older than the
-    newest epoch checkpoint, and stray partial files of dead processes."""
-    paths = list_checkpoints(log_dir, name)
-    epoch_files = [p for p in paths if parse_checkpoint_name(p)[2] == 0]
-    for p in epoch_files[:-keep] if keep else []:
-        _remove(p)
-    if epoch_files:
-        newest = parse_checkpoint_name(epoch_files[-1])[1]
-        for p in paths:
-            _, done, step = parse_checkpoint_name(p)
-            if step and done < newest:
-                _remove(p)
-    mids = [p for p in list_checkpoints(log_dir, name) if parse_checkpoint_name(p)[2]]
-    for p in mids[:-1]:
-        _remove(p)
-    for p in glob.glob(os.path.join(log_dir, "*.partial*")):
-        pid = p.rsplit(".partial", 1)[-1]
-        if not pid.isdigit() or int(pid) != os.getpid():
-            _remove(p)
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
+# --------------------------------------------------------------------- callbacks
 class CheckpointCallback(keras.callbacks.Callback):
-    """Checkpoint every epoch and every ``every_minutes``; keep the best by val_loss."""
+    """Checkpoint every epoch and every ``every_minutes``; keep the best by val_loss.
+
+    owner: the MaskRCNN being trained (its ``checkpointer``, ``keras_model``, ``config``
+    and ``epoch`` counter).
+    """
 
     def __init__(self, owner, layers, every_minutes=None, keep=3, first_epoch_offset=0):
         super().__init__()
         self.owner = owner
+        self.checkpointer = owner.checkpointer
         self.layers = layers
         self.every = None if every_minutes is None else every_minutes * 60.0
         self.keep = keep
@@ -294,7 +141,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.epoch = 0
         # Steps already done in the current epoch before this fit() (partial epoch).
         self.offset = first_epoch_offset
-        self.best = _best_val_loss(owner.log_dir)
+        self.best = self.checkpointer.best_val_loss()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -309,34 +156,17 @@ class CheckpointCallback(keras.callbacks.Callback):
         val = (logs or {}).get("val_loss")
         if val is not None and np.isfinite(val) and (self.best is None or val < self.best):
             self.best = float(val)
-            best = os.path.join(self.owner.log_dir,
-                                f"mask_rcnn_{self.owner.run_name}_best.h5")
-            tmp = best + f".partial{os.getpid()}"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, best)
+            self.checkpointer.save_best(path)
         self.owner.epoch = epoch + 1
 
     def _save(self, epochs_done, step, logs):
         o = self.owner
-        path = checkpoint_path(o.log_dir, o.run_name, epochs_done, step)
-        save_checkpoint(o.keras_model, path, optimizer=o.keras_model.optimizer,
-                        epochs_done=epochs_done, step=step, config=o.config,
-                        layers=self.layers, logs=logs)
+        path = self.checkpointer.save(o.keras_model, epochs_done, step,
+                                      optimizer=o.keras_model.optimizer, config=o.config,
+                                      layers=self.layers, logs=logs)
         self.last = time.time()
-        prune_checkpoints(o.log_dir, o.run_name, self.keep)
+        self.checkpointer.prune(self.keep)
         return path
-
-
-
-def _best_val_loss(log_dir):
-    best = os.path.join(log_dir, "mask_rcnn_*_best.h5")
-    for path in glob.glob(best):
-        state = read_state(path)
-        if state:
-            val = json.loads(state.get("logs_json", "{}")).get("val_loss")
-            if val is not None:
-                return float(val)
-    return None
 
 
 class LossPlotCallback(keras.callbacks.Callback):
@@ -348,11 +178,183 @@ class LossPlotCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         try:
-            import matplotlib.pyplot as plt
+            import matplotlib.pyplot as plt  # optional, heavy: imported when drawing
 
-            from .visualize import plot_history
+            from .visualize import plot_history  # lazy: visualize imports matplotlib
             fig = plot_history(os.path.join(self.log_dir, "log.csv"),
                                os.path.join(self.log_dir, "loss.png"))
             plt.close(fig)
         except Exception as e:  # a plot must never stop training
             warnings.warn(f"could not draw the loss curves: {e}")
+
+
+# ------------------------------------------------------------------ the loop
+def train(model, train_dataset, val_dataset, learning_rate, epochs, layers,
+          augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
+          resume="auto", on_oom="raise", optimizer=None, verbose=1, seed=None,
+          cache="ram", workers=2, use_multiprocessing=False, cache_dir=None):
+    """``MaskRCNN.train`` (see its docstring): train ``model`` up to epoch ``epochs``,
+    handling out-of-memory as ``on_oom`` says."""
+    if model.mode != "training":
+        raise ConfigError("create the model with mode='training' to train")
+    if on_oom not in ("raise", "reduce"):
+        raise ConfigError(f"on_oom must be 'raise' or 'reduce', got {on_oom!r}")
+    loader_options = dict(cache=cache, cache_dir=cache_dir, workers=workers,
+                          use_multiprocessing=use_multiprocessing)
+    attempts = 0
+    while True:
+        try:
+            with model.scope():
+                return _train(model, train_dataset, val_dataset, learning_rate, epochs,
+                              layers, augmentation, custom_callbacks,
+                              no_augmentation_sources, resume, optimizer, verbose, seed,
+                              loader_options)
+        except Exception as e:  # noqa: BLE001 - only OOM is handled, others re-raised
+            if not memory.is_oom_error(e):
+                raise
+            if on_oom == "reduce" and attempts < 4 and optimizer is None:
+                attempts += 1
+                new, why = memory.reduced_config(model.config, layers, explain=True)
+                logger.info("Out of GPU memory: %s Continuing from the last checkpoint.", why)
+                model.rebuild(new)
+                resume = "auto"
+                continue
+            memory.raise_gpu_memory_error(e, model.config, layers)
+
+
+def _train(model, train_dataset, val_dataset, learning_rate, epochs, layers,
+           augmentation, custom_callbacks, no_augmentation_sources, resume, optimizer,
+           verbose, seed, loader_options):
+    c = model.config
+    path, done, step = model.checkpointer.resume_point(resume, model.epoch)
+    if path is not None:
+        model.load_weights(path, by_name=True)
+        model.log_dir = os.path.dirname(os.path.abspath(path))
+        model.set_log_dir(path)
+        model.epoch = done
+        if verbose:
+            where = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
+            logger.info("Resuming from %s (%s). Pass resume=False to start over.", path, where)
+    if model.epoch >= epochs:
+        if verbose:
+            logger.info("Already trained to epoch %d (asked for %d): nothing to do. Raise "
+                        "epochs to train further.", model.epoch, epochs)
+        return None
+
+    model.set_trainable(layers, verbose=verbose > 1)
+    model.compile(learning_rate, optimizer=optimizer, end_epoch=epochs)
+    saved_optimizer = model.take_optimizer_state()
+    if saved_optimizer is not None:
+        restored = restore_optimizer(model.keras_model.optimizer, saved_optimizer,
+                                     model.keras_model.trainable_variables)
+        if verbose and restored != "all":
+            logger.info("Optimizer state restored: %s (trained layers changed?)", restored)
+
+    train_gen = DataGenerator(train_dataset, c, shuffle=True, augmentation=augmentation,
+                              seed=seed, steps=c.STEPS_PER_EPOCH,
+                              no_augmentation_sources=no_augmentation_sources,
+                              **loader_options)
+    val_gen = None
+    if val_dataset is not None:
+        val_gen = DataGenerator(val_dataset, c, shuffle=True, seed=seed,
+                                steps=c.VALIDATION_STEPS, **loader_options)
+    try:
+        return _run_epochs(model, train_gen, val_gen, step, epochs, layers, learning_rate,
+                           custom_callbacks, verbose)
+    finally:  # free the RAM cache and shared-memory folders of the loader
+        for gen in (train_gen, val_gen):
+            if gen is not None and hasattr(gen, "close"):
+                gen.close()
+
+
+def _run_epochs(model, train_gen, val_gen, step, epochs, layers, learning_rate,
+                custom_callbacks, verbose):
+    model.checkpointer.write_config(model.config)
+    if verbose:
+        logger.info("\nStarting at epoch %d. LR=%s\nCheckpoint path: %s", model.epoch,
+                    learning_rate, model.checkpoint_path)
+    history = None
+    if step:
+        # Finish the interrupted epoch first: the same batches it would have had.
+        _start_epoch(train_gen, model.epoch)
+        history = _fit(model, _Offset(train_gen, step), val_gen, model.epoch,
+                       model.epoch + 1, layers, custom_callbacks, verbose, offset=step)
+        model.epoch += 1
+    if model.epoch < epochs:
+        _start_epoch(train_gen, model.epoch)
+        history = _fit(model, train_gen, val_gen, model.epoch, epochs, layers,
+                       custom_callbacks, verbose)
+    model.epoch = max(model.epoch, epochs)
+    return history
+
+
+def _start_epoch(gen, epoch):
+    """Put a DataGenerator at ``epoch`` so a resumed run sees the same batch order."""
+    gen.epoch = epoch
+    gen._order = gen._make_order(epoch)  # TODO(data): a public DataGenerator.set_epoch
+
+
+def _fit(model, train_gen, val_gen, initial_epoch, epochs, layers, custom_callbacks,
+         verbose, offset=0):
+    c = model.config
+    log_dir = model.log_dir
+    callbacks = [
+        keras.callbacks.CSVLogger(os.path.join(log_dir, "log.csv"), append=True),
+        CheckpointCallback(model, layers, every_minutes=c.CHECKPOINT_EVERY_MINUTES,
+                           keep=c.CHECKPOINT_KEEP, first_epoch_offset=offset),
+        LossPlotCallback(log_dir),
+    ]
+    # TensorBoard logs need TensorFlow's summary writer: on the TF backend only (on
+    # JAX/torch it would start TensorFlow next to them on the GPU).
+    if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard"):
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
+    callbacks += list(custom_callbacks or [])
+    if model.distribution.distributed and model.distribution.backend == "tensorflow":
+        # Keras' TF trainer averages a first batch across replicas to build the model
+        # (_maybe_symbolic_build), which fails on bool tensors: send the masks as uint8.
+        train_gen = _BoolAsUint8(train_gen)
+        val_gen = None if val_gen is None else _BoolAsUint8(val_gen)
+    # shuffle=False: the generator shuffles itself, seeded (Keras would reorder the
+    # batches with Python's global random).
+    return model.keras_model.fit(train_gen, initial_epoch=initial_epoch, epochs=epochs,
+                                 validation_data=val_gen, callbacks=callbacks,
+                                 verbose=verbose, shuffle=False)
+
+
+class _Offset(keras.utils.PyDataset):
+    """The batches of ``base`` from ``start`` on: the rest of an interrupted epoch."""
+
+    def __init__(self, base, start):
+        super().__init__()
+        self.base = base
+        self.start = int(start)
+
+    def __len__(self):
+        return max(0, len(self.base) - self.start)
+
+    def __getitem__(self, index):
+        return self.base[index + self.start]
+
+    def on_epoch_end(self):
+        self.base.on_epoch_end()
+
+
+class _BoolAsUint8(keras.utils.PyDataset):
+    """``base``'s batches with bool arrays as uint8 (the model casts them back)."""
+
+    def __init__(self, base):
+        super().__init__(workers=getattr(base, "workers", 1),
+                         use_multiprocessing=getattr(base, "use_multiprocessing", False),
+                         max_queue_size=getattr(base, "max_queue_size", 10))
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        return keras.tree.map_structure(
+            lambda a: a.astype(np.uint8) if getattr(a, "dtype", None) == bool else a,
+            self.base[index])
+
+    def on_epoch_end(self):
+        self.base.on_epoch_end()

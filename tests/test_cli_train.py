@@ -8,7 +8,7 @@ import pytest
 
 from colabrcnn import ConfigError
 from colabrcnn.cli import main
-from colabrcnn.cli_train import _data_name, parse_config_overrides
+from colabrcnn.cli.train import _data_name, parse_config_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COINS = os.path.join(REPO, "datasets", "coins")

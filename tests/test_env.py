@@ -196,6 +196,21 @@ def test_devices_uses_nvidia_smi_when_present(tmp_path, monkeypatch):
     assert devs[-1]["kind"] == "cpu"
 
 
+def test_one_nvidia_smi_query_gives_compute_capability(tmp_path, monkeypatch):
+    from colabrcnn import hardware
+    assert hardware.parse_nvidia_smi("Tesla T4, 15360, 7.5\n") == [
+        {"name": "Tesla T4", "kind": "gpu", "memory_bytes": 15360 * 2 ** 20,
+         "compute_capability": "7.5"}]
+    # A driver older than 510 rejects compute_cap: the query is asked without it.
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\ncase "$1" in *compute_cap*) exit 6;; esac\n'
+                    "echo 'Tesla P100-PCIE-16GB, 16280'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert hardware.nvidia_smi_devices() == [
+        {"name": "Tesla P100-PCIE-16GB", "kind": "gpu", "memory_bytes": 16280 * 2 ** 20}]
+
+
 def test_devices_survives_failing_nvidia_smi(tmp_path, monkeypatch):
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")

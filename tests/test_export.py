@@ -94,8 +94,16 @@ def test_load_inference_model_from_h5_and_config(model, images, tmp_path):
     again = export.load_inference_model(weights, str(tmp_path / "config.json"),
                                         model_dir=str(tmp_path))
     assert_same_detections(model.detect(images[:2]), again.detect(images[:2]))
+    # The config is optional: the config.json beside the weights is read (as the
+    # notebook's load_for_inference does; it is the same loader).
+    side = export.load_inference_model(weights, model_dir=str(tmp_path))
+    assert side.config.to_dict() == model.config.to_dict()
+    assert_same_detections(model.detect(images[:2]), side.detect(images[:2]))
+    # Weights alone, with no config beside them or inside: the message asks for one.
+    (tmp_path / "bare").mkdir()
+    bare = model.save_weights(str(tmp_path / "bare" / "w.h5"))
     with pytest.raises(ConfigError, match="Config"):
-        export.load_inference_model(weights)
+        export.load_inference_model(bare)
 
 
 def test_config_from_json_round_trip_and_overrides(tmp_path):

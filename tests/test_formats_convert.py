@@ -136,7 +136,7 @@ def test_sample_dataset_round_trip(tmp_path):
 def test_command_line_functions(tmp_path, capsys):
     import argparse
 
-    from colabrcnn.data.convert import add_cli_arguments, run_cli
+    from colabrcnn.cli.convert import add_arguments as add_cli_arguments, run as run_cli
     via_dataset(tmp_path)
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from colabrcnn import Config
-from colabrcnn import memory
+from colabrcnn import hardware, memory, probe
 from colabrcnn.errors import ConfigError, GPUMemoryError
 
 GiB = 2 ** 30
@@ -19,7 +19,7 @@ CPU = {"name": "CPU (2 cores)", "kind": "cpu", "memory_bytes": 13 * GiB}
 
 @pytest.fixture
 def no_gpu(monkeypatch):
-    monkeypatch.setattr(memory, "local_devices", lambda refresh=False: [dict(CPU)])
+    monkeypatch.setattr(hardware, "local_devices", lambda refresh=False: [dict(CPU)])
 
 
 def matterport(**kw):
@@ -104,15 +104,16 @@ def test_explicit_policies():
 
 
 def test_local_devices_reads_compute_capability(monkeypatch):
-    from colabrcnn import env
-    monkeypatch.setattr(env, "devices", lambda: [dict(T4), dict(CPU)])
-    monkeypatch.setattr(memory, "_nvidia_smi_compute_caps", lambda timeout=10: ["7.5"])
+    # One nvidia-smi query gives name, memory and compute capability.
+    monkeypatch.setattr(hardware, "nvidia_smi_devices", lambda timeout=10:
+                        hardware.parse_nvidia_smi("Mystery GPU, 15360, 7.5\n"))
     devs = memory.local_devices(refresh=True)
     try:
         assert devs[0]["compute_capability"] == "7.5"
         assert memory.mixed_precision_policy(matterport()) == "mixed_float16"
     finally:
-        memory._local_devices_cached.cache_clear()
+        monkeypatch.undo()
+        memory.local_devices(refresh=True)   # forget the fake GPU
 
 
 # ------------------------------------------------------------------ estimate
@@ -175,7 +176,7 @@ def test_estimate_lower_for_heads_mixed_precision_remat_and_levers():
 
 def test_estimate_is_in_the_range_of_published_figures():
     # matterport: the defaults fit a 12 GB GPU; maskrcnn-benchmark measured 7.9 GB for
-    # R-101-FPN with res2 frozen and 2 images of 800x1333 (see memory.py's notes).
+    # R-101-FPN with res2 frozen and 2 images of 800x1333 (see colabrcnn/memory/estimate.py's notes).
     assert 8 * GiB < total(matterport()) < 11.5 * GiB
     bench_like = total(matterport(TRAIN_ROIS_PER_IMAGE=128), "3+")
     assert 0.8 * 7.9 * GiB < bench_like < 1.2 * 7.9 * GiB
@@ -303,7 +304,7 @@ def test_fit_with_gpu_name_only_uses_its_memory(no_gpu):
 def test_fit_measure_true_without_gpu_trusts_the_estimate(no_gpu, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("no trial steps without a GPU")
-    monkeypatch.setattr(memory, "measure_training_step", boom)
+    monkeypatch.setattr(probe, "measure_training_step", boom)
     cfg, lines = memory.fit_to_gpu(matterport(), memory="15GB", gpu="T4", measure=True,
                                    verbose=False)
     assert "nothing changed" in lines[-1]
@@ -416,7 +417,7 @@ def test_oom_advice_on_p100_mentions_mixed_precision_without_speed():
 
 
 def test_raise_gpu_memory_error_chains(monkeypatch):
-    monkeypatch.setattr(memory, "local_devices", lambda refresh=False: [dict(T4), CPU])
+    monkeypatch.setattr(hardware, "local_devices", lambda refresh=False: [dict(T4), CPU])
     original = RuntimeError("CUDA out of memory")
     with pytest.raises(GPUMemoryError) as info:
         memory.raise_gpu_memory_error(original, matterport(), "all")

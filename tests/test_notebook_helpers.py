@@ -65,7 +65,7 @@ def test_default_model_dir(monkeypatch, tmp_path):
 
 
 def test_find_checkpoint_last_best_and_class_names(tmp_path):
-    from colabrcnn import train as T
+    from colabrcnn import checkpoint as T
     assert nb.find_checkpoint(str(tmp_path / "missing")) is None
     assert nb.find_checkpoint(str(tmp_path)) is None
     old, new = tmp_path / "x20250101T0000", tmp_path / "x20260101T0000"

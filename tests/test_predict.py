@@ -2,6 +2,7 @@
 tiny untrained model (TensorFlow backend)."""
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -155,8 +156,11 @@ def test_cli_predict(saved, folder, tmp_path, capsys):
     assert (out / "coco_predictions.json").exists()
     assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "sub_c.png"]
     assert sorted(os.listdir(out / "masks")) == ["a", "b", "sub_c"]
-    # An .h5 file without its Config is a clear error, not a traceback.
-    assert cli.main(["predict", "--weights", weights, "--images", str(folder),
+    # An .h5 file without its Config (none given, none beside it) is a clear error,
+    # not a traceback.
+    (tmp_path / "bare").mkdir()
+    bare = shutil.copy(weights, tmp_path / "bare" / "tiny.h5")
+    assert cli.main(["predict", "--weights", str(bare), "--images", str(folder),
                      "--out", str(out)]) == 1
     assert "--config" in capsys.readouterr().err
 
@@ -164,7 +168,9 @@ def test_cli_predict(saved, folder, tmp_path, capsys):
 def test_cli_evaluate_on_shapes(saved, tmp_path):
     weights, config = saved
     out = tmp_path / "eval"
-    code = cli.main(["evaluate", "--weights", weights, "--config", config, "--shapes", "3",
+    # No --config: the config.json beside the weights is used (as in the notebooks).
+    assert os.path.dirname(config) == os.path.dirname(weights)
+    code = cli.main(["evaluate", "--weights", weights, "--shapes", "3",
                      "--out", str(out), "--report", "2"])
     assert code == 0
     metrics = json.load(open(out / "coco_metrics.json"))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from colabrcnn import GPUMemoryError, MaskRCNN
+from colabrcnn import checkpoint as C
 from colabrcnn import train as T
 from colabrcnn.data import shapes
 from colabrcnn.demo import ShapesConfig
@@ -42,37 +43,37 @@ class TinyConfig(ShapesConfig):
 
 # ------------------------------------------------------------------ checkpoint files
 def test_checkpoint_names_round_trip_and_order(tmp_path):
-    assert T.parse_checkpoint_name("a/mask_rcnn_x_0003.h5") == ("x", 3, 0)
-    assert T.parse_checkpoint_name("mask_rcnn_x_0004_s00120.h5") == ("x", 3, 120)
-    assert T.parse_checkpoint_name("mask_rcnn_x_best.h5") is None
-    assert T.parse_checkpoint_name(T.checkpoint_path(".", "x", 3, 120)) == ("x", 3, 120)
+    assert C.parse_checkpoint_name("a/mask_rcnn_x_0003.h5") == ("x", 3, 0)
+    assert C.parse_checkpoint_name("mask_rcnn_x_0004_s00120.h5") == ("x", 3, 120)
+    assert C.parse_checkpoint_name("mask_rcnn_x_best.h5") is None
+    assert C.parse_checkpoint_name(C.checkpoint_path(".", "x", 3, 120)) == ("x", 3, 120)
     run = tmp_path / "x20260101T0000"
     run.mkdir()
     model = MaskRCNN("inference", TinyConfig(NAME="x"), str(tmp_path))
     for done, step in [(2, 0), (2, 5), (3, 0)]:
-        T.save_checkpoint(model.keras_model, T.checkpoint_path(str(run), "x", done, step),
+        C.save_checkpoint(model.keras_model, C.checkpoint_path(str(run), "x", done, step),
                           epochs_done=done, step=step)
-    names = [os.path.basename(p) for p in T.list_checkpoints(str(run), "x")]
+    names = [os.path.basename(p) for p in C.list_checkpoints(str(run), "x")]
     # Mid-epoch 3 (2 done + 5 steps) sorts between epoch 2 and epoch 3.
     assert names == ["mask_rcnn_x_0002.h5", "mask_rcnn_x_0003_s00005.h5",
                      "mask_rcnn_x_0003.h5"]
-    assert os.path.basename(T.find_last(str(tmp_path), "x")) == "mask_rcnn_x_0003.h5"
+    assert os.path.basename(C.find_last(str(tmp_path), "x")) == "mask_rcnn_x_0003.h5"
     # A truncated newest file is skipped, not returned.
     with open(run / "mask_rcnn_x_0004.h5", "wb") as f:
         f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 50)
-    assert os.path.basename(T.find_last(str(tmp_path), "x")) == "mask_rcnn_x_0003.h5"
-    state = T.read_state(str(run / "mask_rcnn_x_0003_s00005.h5"))
+    assert os.path.basename(C.find_last(str(tmp_path), "x")) == "mask_rcnn_x_0003.h5"
+    state = C.read_state(str(run / "mask_rcnn_x_0003_s00005.h5"))
     assert state["epochs_done"] == 2 and state["step"] == 5 and state["complete"] == 1
 
 
 def test_prune_keeps_newest_k_and_drops_stale_partials(tmp_path):
     run = str(tmp_path)
     for done in range(1, 6):
-        open(T.checkpoint_path(run, "x", done), "w").close()
-    open(T.checkpoint_path(run, "x", 2, 7), "w").close()     # older than epoch 5: stale
-    open(T.checkpoint_path(run, "x", 5, 3), "w").close()     # newest mid-epoch: kept
+        open(C.checkpoint_path(run, "x", done), "w").close()
+    open(C.checkpoint_path(run, "x", 2, 7), "w").close()     # older than epoch 5: stale
+    open(C.checkpoint_path(run, "x", 5, 3), "w").close()     # newest mid-epoch: kept
     open(os.path.join(run, "mask_rcnn_x_0006.h5.partial999999"), "w").close()
-    T.prune_checkpoints(run, "x", keep=2)
+    C.prune_checkpoints(run, "x", keep=2)
     assert sorted(os.listdir(run)) == ["mask_rcnn_x_0004.h5", "mask_rcnn_x_0005.h5",
                                        "mask_rcnn_x_0006_s00003.h5"]
 
@@ -131,7 +132,7 @@ def test_train_writes_checkpoints_logs_and_plot_and_resume_auto_skips(tmp_path):
     assert "mask_rcnn_tiny_best.h5" in files
     assert {"log.csv", "loss.png", "config.json"} <= set(files)
     assert json.load(open(os.path.join(run, "config.json")))["NAME"] == "tiny"
-    state = T.read_state(os.path.join(run, "mask_rcnn_tiny_0003.h5"))
+    state = C.read_state(os.path.join(run, "mask_rcnn_tiny_0003.h5"))
     assert state["epochs_done"] == 3 and state["has_optimizer"] and state["layers"] == "heads"
 
     # A fresh model (a new Colab session) with resume="auto": nothing left to do.
@@ -188,13 +189,13 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path):
 
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1
-    ckpts = T.list_checkpoints(str(runs[0]), "tiny")
+    ckpts = C.list_checkpoints(str(runs[0]), "tiny")
     assert ckpts
     for path in ckpts:  # every file under a checkpoint name is complete and readable
         with h5py.File(path, "r") as f:
             assert int(f["training_state"].attrs["complete"]) == 1
     last = ckpts[-1]
-    _, done, step = T.parse_checkpoint_name(last)
+    _, done, step = C.parse_checkpoint_name(last)
     assert done < 6
 
     proc = _run_training(tmp_path, epochs=6)
@@ -203,9 +204,9 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path):
     where = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
     assert f"Resuming from {last} ({where})" in out, out
     assert "FINISHED 6" in out
-    final = T.list_checkpoints(str(runs[0]), "tiny")[-1]
+    final = C.list_checkpoints(str(runs[0]), "tiny")[-1]
     assert os.path.basename(final) == "mask_rcnn_tiny_0006.h5"
-    assert T.read_state(final)["epochs_done"] == 6
+    assert C.read_state(final)["epochs_done"] == 6
     assert not list(runs[0].glob("*.partial*"))
 
 

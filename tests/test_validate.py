@@ -258,7 +258,7 @@ def test_command_line_functions(tmp_path, capsys, messy):
 
     # from-imports: colabrcnn.data may export the validate() function under the same
     # name as this module
-    from colabrcnn.data.validate import add_cli_arguments, run_cli
+    from colabrcnn.cli.validate import add_arguments as add_cli_arguments, run as run_cli
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
     status = run_cli(parser.parse_args([str(tmp_path / "via.json"), "--max-issues", "3"]))

@@ -251,7 +251,7 @@ def test_server_errors_are_retried_then_reported(server, content, monkeypatch, t
 def test_retries_wait_with_exponential_backoff(server, content, monkeypatch, tmp_path):
     register(monkeypatch, server, content)
     waits = []
-    monkeypatch.setattr(weights.time, "sleep", waits.append)
+    monkeypatch.setattr(weights.download.time, "sleep", waits.append)
     server.plan = ["500"] * 3
     fetch("test", tmp_path, backoff=0.5)
     assert waits == [0.5, 1.0, 2.0]
@@ -330,11 +330,11 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert weights.default_cache_dir() == str(tmp_path / "env")
     monkeypatch.delenv("COLABRCNN_CACHE")
     drive = tmp_path / "MyDrive"
-    monkeypatch.setattr(weights, "DRIVE_DIR", str(drive))
+    monkeypatch.setattr(weights.download, "DRIVE_DIR", str(drive))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert weights.default_cache_dir() == str(tmp_path / "home/.cache/colabrcnn/weights")
     drive.mkdir()  # Drive mounted
-    monkeypatch.setattr(weights, "DRIVE_CACHE", str(drive / "colabrcnn/weights"))
+    monkeypatch.setattr(weights.download, "DRIVE_CACHE", str(drive / "colabrcnn/weights"))
     assert weights.default_cache_dir() == str(drive / "colabrcnn/weights")
 
 

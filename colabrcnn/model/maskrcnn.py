@@ -12,18 +12,15 @@ also ``detect`` without a round trip through a file.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import importlib.util
 import logging
 import os
-import re
 import weakref
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from .. import distribute
+from .. import checkpoint, distribute
 from .. import train as train_lib
 from ..boxes import norm_boxes
 from ..config import LOSS_NAMES
@@ -303,7 +300,7 @@ class MaskRCNN:
             raise WeightsError(f"no layer of this model was found in {filepath}")
         self.set_log_dir(filepath)
         # A checkpoint of ours also carries the optimizer: restored at the next train().
-        state = train_lib.read_state(filepath)
+        state = checkpoint.read_state(filepath)
         self._optimizer_state = filepath if state and state.get("has_optimizer") else None
         return report
 
@@ -315,7 +312,7 @@ class MaskRCNN:
 
     def find_last(self):
         """Path of the newest checkpoint of the newest run of this config's NAME."""
-        path = train_lib.find_last(self.model_dir, self.run_name)
+        path = checkpoint.find_last(self.model_dir, self.run_name)
         if path is None:
             raise FileNotFoundError(
                 f"no checkpoint of '{self.run_name}' under {os.path.abspath(self.model_dir)}: "
@@ -328,18 +325,31 @@ class MaskRCNN:
         With a checkpoint path inside a run folder (``<name><YYYYmmddTHHMM>/``) the run
         folder is reused and the epoch counter set from the file name.
         """
-        self.epoch = 0
-        now = datetime.datetime.now()
-        self.log_dir = os.path.join(self.model_dir, f"{self.run_name}{now:%Y%m%dT%H%M}")
-        if model_path:
-            parsed = train_lib.parse_checkpoint_name(model_path)
-            run_dir = os.path.dirname(os.path.abspath(str(model_path)))
-            if parsed and re.fullmatch(r"[\w-]+\d{8}T\d{4}", os.path.basename(run_dir)):
-                self.log_dir = run_dir
-                self.epoch = parsed[1]
+        self.log_dir, self.epoch = checkpoint.Checkpointer.run_for(
+            self.model_dir, self.run_name, model_path)
         # matterport's attribute; {epoch:04d} is filled in per checkpoint.
-        self.checkpoint_path = os.path.join(
-            self.log_dir, f"mask_rcnn_{self.run_name}_{{epoch:04d}}.h5")
+        self.checkpoint_path = self.checkpointer.path_template
+
+    @property
+    def checkpointer(self):
+        """The :class:`colabrcnn.checkpoint.Checkpointer` of the current run folder."""
+        ckpt = checkpoint.Checkpointer(self.model_dir, self.run_name)
+        ckpt.log_dir, ckpt.epoch = self.log_dir, self.epoch
+        return ckpt
+
+    def take_optimizer_state(self):
+        """The checkpoint whose optimizer state the next compile should restore (set by
+        load_weights), or None; cleared by asking."""
+        path, self._optimizer_state = self._optimizer_state, None
+        return path
+
+    def rebuild(self, config):
+        """Rebuild the layers and graph for ``config``, keeping the run folder and epoch
+        (after an out-of-memory error, with a smaller setting)."""
+        log_dir, epoch = self.log_dir, self.epoch
+        self.config = config
+        self._build()
+        self.log_dir, self.epoch = log_dir, epoch
 
     # ------------------------------------------------------------------- training
     def set_trainable(self, layer_regex, verbose=0):
@@ -406,152 +416,14 @@ class MaskRCNN:
             after the first decode nothing (see colabrcnn.data.loader).
         workers / use_multiprocessing: loader threads (default) or processes.
         Returns the Keras History of the last fit (None if nothing was left to do).
+        The loop lives in :func:`colabrcnn.train.train`.
         """
-        from .. import memory
-        if self.mode != "training":
-            raise ConfigError("create the model with mode='training' to train")
-        if on_oom not in ("raise", "reduce"):
-            raise ConfigError(f"on_oom must be 'raise' or 'reduce', got {on_oom!r}")
-        attempts = 0
-        while True:
-            try:
-                with self.scope():
-                    return self._train(train_dataset, val_dataset, learning_rate, epochs,
-                                       layers, augmentation, custom_callbacks,
-                                       no_augmentation_sources, resume, optimizer, verbose,
-                                       seed, dict(cache=cache, cache_dir=cache_dir,
-                                                  workers=workers,
-                                                  use_multiprocessing=use_multiprocessing))
-            except Exception as e:  # noqa: BLE001 - only OOM is handled, others re-raised
-                if not memory.is_oom_error(e):
-                    raise
-                if on_oom == "reduce" and attempts < 4 and optimizer is None:
-                    attempts += 1
-                    new, why = memory.reduced_config(self.config, layers, explain=True)
-                    print(f"Out of GPU memory: {why} Continuing from the last checkpoint.")
-                    self.config = new
-                    log_dir, epoch = self.log_dir, self.epoch
-                    self._build()
-                    self.log_dir, self.epoch = log_dir, epoch
-                    resume = "auto"
-                    continue
-                memory.raise_gpu_memory_error(e, self.config, layers)
-
-    def _resume_point(self, resume):
-        """-> (checkpoint path or None, epochs done, steps into the next epoch)."""
-        if not resume:
-            return None, self.epoch, 0
-        if isinstance(resume, (str, os.PathLike)) and resume != "auto":
-            path = str(resume)
-        else:
-            here = train_lib.list_checkpoints(self.log_dir, self.run_name) \
-                if os.path.isdir(self.log_dir) else []
-            path = here[-1] if here else train_lib.find_last(self.model_dir, self.run_name)
-        if path is None:
-            return None, self.epoch, 0
-        parsed = train_lib.parse_checkpoint_name(path)
-        state = train_lib.read_state(path) or {}
-        done = int(state.get("epochs_done", parsed[1] if parsed else 0))
-        step = int(state.get("step", parsed[2] if parsed else 0))
-        if (done, step) <= (self.epoch, 0):
-            return None, self.epoch, 0  # this model is already as far along
-        return path, done, step
-
-    def _train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
-               augmentation, custom_callbacks, no_augmentation_sources, resume, optimizer,
-               verbose, seed, loader_options=None):
-        from ..data.loader import DataGenerator
-        c = self.config
-        path, done, step = self._resume_point(resume)
-        if path is not None:
-            self.load_weights(path, by_name=True)
-            self.log_dir = os.path.dirname(os.path.abspath(path))
-            self.set_log_dir(path)
-            self.epoch = done
-            if verbose:
-                where = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
-                print(f"Resuming from {path} ({where}). Pass resume=False to start over.")
-        if self.epoch >= epochs:
-            if verbose:
-                print(f"Already trained to epoch {self.epoch} (asked for {epochs}): nothing "
-                      f"to do. Raise epochs to train further.")
-            return None
-
-        self.set_trainable(layers, verbose=verbose > 1)
-        self.compile(learning_rate, optimizer=optimizer, end_epoch=epochs)
-        if self._optimizer_state is not None:
-            restored = train_lib.restore_optimizer(self.keras_model.optimizer,
-                                                   self._optimizer_state,
-                                                   self.keras_model.trainable_variables)
-            self._optimizer_state = None
-            if verbose and restored != "all":
-                print(f"Optimizer state restored: {restored} (trained layers changed?)")
-
-        options = loader_options or {}
-        train_gen = DataGenerator(train_dataset, c, shuffle=True, augmentation=augmentation,
-                                  seed=seed, steps=c.STEPS_PER_EPOCH,
-                                  no_augmentation_sources=no_augmentation_sources, **options)
-        val_gen = None
-        if val_dataset is not None:
-            val_gen = DataGenerator(val_dataset, c, shuffle=True, seed=seed,
-                                    steps=c.VALIDATION_STEPS, **options)
-        try:
-            return self._run_epochs(train_gen, val_gen, step, epochs, layers, learning_rate,
-                                    custom_callbacks, verbose)
-        finally:  # free the RAM cache and shared-memory folders of the loader
-            for gen in (train_gen, val_gen):
-                if gen is not None and hasattr(gen, "close"):
-                    gen.close()
-
-    def _run_epochs(self, train_gen, val_gen, step, epochs, layers, learning_rate,
-                    custom_callbacks, verbose):
-        c = self.config
-        os.makedirs(self.log_dir, exist_ok=True)
-        with open(os.path.join(self.log_dir, "config.json"), "w") as f:
-            f.write(c.to_json())
-        if verbose:
-            print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n"
-                  f"Checkpoint path: {self.checkpoint_path}")
-
-        history = None
-        if step:
-            # Finish the interrupted epoch first: the same batches it would have had.
-            _set_epoch(train_gen, self.epoch)
-            rest = _Offset(train_gen, step)
-            history = self._fit(rest, val_gen, self.epoch, self.epoch + 1, layers,
-                                custom_callbacks, verbose, offset=step)
-            self.epoch += 1
-        if self.epoch < epochs:
-            _set_epoch(train_gen, self.epoch)
-            history = self._fit(train_gen, val_gen, self.epoch, epochs, layers,
-                                custom_callbacks, verbose)
-        self.epoch = max(self.epoch, epochs)
-        return history
-
-    def _fit(self, train_gen, val_gen, initial_epoch, epochs, layers, custom_callbacks,
-             verbose, offset=0):
-        c = self.config
-        callbacks = [
-            keras.callbacks.CSVLogger(os.path.join(self.log_dir, "log.csv"), append=True),
-            train_lib.CheckpointCallback(self, layers, every_minutes=c.CHECKPOINT_EVERY_MINUTES,
-                                         keep=c.CHECKPOINT_KEEP, first_epoch_offset=offset),
-            train_lib.LossPlotCallback(self.log_dir),
-        ]
-        # TensorBoard logs need TensorFlow's summary writer: on the TF backend only (on
-        # JAX/torch it would start TensorFlow next to them on the GPU).
-        if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard"):
-            callbacks.append(keras.callbacks.TensorBoard(self.log_dir, write_graph=False))
-        callbacks += list(custom_callbacks or [])
-        if self.distribution.distributed and self.distribution.backend == "tensorflow":
-            # Keras' TF trainer averages a first batch across replicas to build the model
-            # (_maybe_symbolic_build), which fails on bool tensors: send the masks as uint8.
-            train_gen = _BoolAsUint8(train_gen)
-            val_gen = None if val_gen is None else _BoolAsUint8(val_gen)
-        # shuffle=False: the generator shuffles itself, seeded (Keras would reorder the
-        # batches with Python's global random).
-        return self.keras_model.fit(train_gen, initial_epoch=initial_epoch, epochs=epochs,
-                                    validation_data=val_gen, callbacks=callbacks,
-                                    verbose=verbose, shuffle=False)
+        return train_lib.train(
+            self, train_dataset, val_dataset, learning_rate, epochs, layers,
+            augmentation=augmentation, custom_callbacks=custom_callbacks,
+            no_augmentation_sources=no_augmentation_sources, resume=resume,
+            on_oom=on_oom, optimizer=optimizer, verbose=verbose, seed=seed, cache=cache,
+            workers=workers, use_multiprocessing=use_multiprocessing, cache_dir=cache_dir)
 
     # ------------------------------------------------------------------ inference
     def mold_inputs(self, images):
@@ -615,54 +487,6 @@ class MaskRCNN:
         :func:`colabrcnn.predict.predict_video`)."""
         from ..predict import predict_video
         return predict_video(self, in_path, out_path, class_names, **kw)
-
-
-def _set_epoch(gen, epoch):
-    """Put a DataGenerator at ``epoch`` so a resumed run sees the same batch order."""
-    if hasattr(gen, "set_epoch"):
-        gen.set_epoch(epoch)
-    else:
-        gen.epoch = epoch
-        gen._order = gen._make_order(epoch)
-
-
-class _Offset(keras.utils.PyDataset):
-    """The batches of ``base`` from ``start`` on: the rest of an interrupted epoch."""
-
-    def __init__(self, base, start):
-        super().__init__()
-        self.base = base
-        self.start = int(start)
-
-    def __len__(self):
-        return max(0, len(self.base) - self.start)
-
-    def __getitem__(self, index):
-        return self.base[index + self.start]
-
-    def on_epoch_end(self):
-        self.base.on_epoch_end()
-
-
-class _BoolAsUint8(keras.utils.PyDataset):
-    """``base``'s batches with bool arrays as uint8 (the model casts them back)."""
-
-    def __init__(self, base):
-        super().__init__(workers=getattr(base, "workers", 1),
-                         use_multiprocessing=getattr(base, "use_multiprocessing", False),
-                         max_queue_size=getattr(base, "max_queue_size", 10))
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, index):
-        return keras.tree.map_structure(
-            lambda a: a.astype(np.uint8) if getattr(a, "dtype", None) == bool else a,
-            self.base[index])
-
-    def on_epoch_end(self):
-        self.base.on_epoch_end()
 
 
 @contextlib.contextmanager

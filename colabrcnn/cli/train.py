@@ -9,8 +9,8 @@
 Run it again after an interruption and it continues from the newest checkpoint of the
 same NAME in ``--model-dir`` (``--resume auto``, the default, as ``train()``).
 
-Registered in :data:`colabrcnn.cli.SUBCOMMANDS`. Light at import time (argparse only);
-Keras and the model load inside :func:`run`.
+Registered in :data:`colabrcnn.cli.SUBCOMMANDS`. Light at import time; Keras and the
+model load inside :func:`run`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ import math
 import os
 import re
 
-from .errors import ConfigError
+from .. import memory, notebook, weights
+from ..config import Config
+from ..errors import ConfigError
+
+HELP = ("train on your annotations (or the built-in shapes): MaskRCNN.train on the "
+        "command line, resumes by itself")
 
 WEIGHT_CHOICES = "coco, imagenet, a file path or URL, or none"
 # Settings Config.__init__ derives; a saved config.json holds them but they are not inputs.
@@ -165,15 +170,17 @@ def _data_name(path):
 
 # --------------------------------------------------------------------- data
 def _load(path, image_dir):
-    from .data.formats import load
+    from ..data.formats import load  # lazy: the readers import the image libraries
     kw = {"image_dir": image_dir} if image_dir else {}
     return load(path, **kw)
 
 
 def _datasets(args, overrides):
     """-> (train, val, base_config, default_name, from_shapes)."""
-    from .config import Config
-    from .data.split import train_val_split
+    # Lazy: the data modules import the image libraries, demo imports Keras.
+    from ..data.shapes import shapes
+    from ..data.split import train_val_split
+    from ..demo import ShapesConfig
     if args.annotations:
         train = _load(args.annotations, args.image_dir)
         if args.val_annotations:
@@ -188,8 +195,6 @@ def _datasets(args, overrides):
         names = list(train.class_names)
         base = Config(NAME="data", NUM_CLASSES=len(names))
         return train, val, base, _data_name(args.annotations), False
-    from .data.shapes import shapes
-    from .demo import ShapesConfig
     base = ShapesConfig()
     size = int(overrides.get("IMAGE_MAX_DIM", base.IMAGE_MAX_DIM))
     count = args.shapes if args.shapes else SHAPES_DEFAULT_IMAGES
@@ -223,7 +228,6 @@ def build_config(args, train, val, base, default_name, overrides):
 
 # ------------------------------------------------------------------- weights
 def _load_start_weights(model, choice, exclude_heads, verbose):
-    from . import weights
     c = model.config
     if choice == "coco":
         if c.BACKBONE != "resnet101":
@@ -249,10 +253,9 @@ def _has_checkpoint(model):
 
 # ----------------------------------------------------------------------- run
 def run(args):
-    import keras
+    import keras  # lazy: Keras and the model load only when training
 
-    from . import notebook
-    from .model.maskrcnn import MaskRCNN
+    from ..model.maskrcnn import MaskRCNN
 
     verbose = 2 if args.quiet else 1
     if args.seed is not None:
@@ -277,7 +280,6 @@ def run(args):
                           f"or a path)")
 
     if args.fit_gpu:
-        from . import memory
         if args.gpu_memory is None and not notebook.has_gpu():
             print("--fit-gpu: no GPU here (give --gpu-memory to fit another); the config "
                   "is left as it is.")
@@ -300,12 +302,12 @@ def run(args):
     optimizer = None
     learning_rate = args.lr if args.lr is not None else config.LEARNING_RATE
     if from_shapes and args.lr is None and not pretrained:
-        from .demo import scratch_optimizer
+        from ..demo import scratch_optimizer  # lazy: Keras
         learning_rate = 0.001
         optimizer = scratch_optimizer(config, learning_rate, max(1, epochs))
     augmentation = None
     if args.augment != "none":
-        from .data.augment import default_augmentation
+        from ..data.augment import default_augmentation  # lazy: albumentations
         augmentation = default_augmentation(args.augment, seed=args.seed)
 
     model.train(train, val, learning_rate=learning_rate, epochs=epochs, layers=layers,
