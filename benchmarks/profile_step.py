@@ -48,7 +48,7 @@ from colabrcnn.demo import ShapesConfig  # noqa: E402
 from colabrcnn.model.anchors import compute_backbone_shapes  # noqa: E402
 from colabrcnn.model.backbone import resnet_graph  # noqa: E402
 from colabrcnn.model.fpn import fpn_graph  # noqa: E402
-from colabrcnn.model.targets import positive_count  # noqa: E402
+from colabrcnn.model.spec import positive_count  # noqa: E402
 
 BACKEND = keras.backend.backend()
 REPO = os.path.dirname(HERE)
@@ -118,7 +118,7 @@ def forward_flops(config):
     box_f = 2 * (p * p * d * fc + fc * fc + fc * nc * 5)
     m = c.MASK_POOL_SIZE
     mask_f = 2 * (4 * m * m * 9 * d * d + m * m * 4 * d * d + 4 * m * m * d * nc)
-    n_pos = max(1, positive_count(t, c.ROI_POSITIVE_RATIO))
+    n_pos = positive_count(t, c.ROI_POSITIVE_RATIO)
     return {"backbone": b * body_f, "fpn": b * fpn_f, "rpn head": b * rpn_f,
             "box head": b * t * box_f, "mask head (positives)": b * n_pos * mask_f,
             "mask head (all ROIs, before)": b * t * mask_f}
@@ -332,9 +332,10 @@ def startup(args, model_dir):
                     custom_callbacks=[probe], verbose=0, resume=False)
         results.append(probe.first - t0)
     step = step_time(model, first_batch(dataset, config), args.repeats)
-    print(f"\n[startup] coins256 train(): first call {results[0] - step:.1f} s, second "
-          f"call {results[1] - step:.1f} s before the first step (less one step of "
-          f"{step:.1f} s)")
+    print(f"\n[startup] coins256 train(): first step done {results[0]:.1f} s after the "
+          f"first call, {results[1]:.1f} s after the second; less one step ({step:.1f} s): "
+          f"start-up {results[0] - step:.1f} s and {results[1] - step:.1f} s (about 0 "
+          f"when the step is reused; the step's own spread shows)")
 
 
 def main():

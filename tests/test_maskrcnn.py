@@ -4,7 +4,7 @@ import numpy as np
 
 from colabrcnn import utils
 from colabrcnn.model.losses import MRCNNMaskLoss
-from colabrcnn.model.targets import positive_count
+from colabrcnn.model.spec import positive_count
 from layer_checks import to_numpy
 from tiny_model import tiny_model
 

@@ -36,8 +36,8 @@ from .layers import ActiveClassIds, DetectionBoxes, FirstSlots, MetaWindow, Norm
 from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
 from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
-from .spec import LAYER_REGEX  # noqa: F401 (matterport's presets, importable here)
-from .targets import DetectionTargetLayer, positive_count
+from .spec import LAYER_REGEX, positive_count  # noqa: F401 (LAYER_REGEX: matterport's presets)
+from .targets import DetectionTargetLayer
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class MaskRCNN:
         class_logits, _, deltas = self.classifier(roi_align(rois, *fmaps), t)
         # The mask loss counts positives only, and the sampler puts them in the first
         # slots: the mask head (the costliest part of the heads) runs on those alone.
-        n_pos = max(1, positive_count(t, c.ROI_POSITIVE_RATIO))
+        n_pos = positive_count(t, c.ROI_POSITIVE_RATIO)
         pos_rois = FirstSlots(n_pos, name="positive_rois", dtype="float32")(rois)
         mask_logits = self.mask_head(mask_align(pos_rois, *fmaps), n_pos)
         active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)

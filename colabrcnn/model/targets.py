@@ -12,13 +12,6 @@ from . import ops as cops
 from .boxes import box_refinement, overlaps
 
 
-def positive_count(train_rois_per_image: int, positive_ratio: float) -> int:
-    """Slots for positives at the start of each image's ROI sample (matterport's
-    ``int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO)``); training runs the mask head on
-    these slots only."""
-    return int(train_rois_per_image * positive_ratio)
-
-
 @keras.saving.register_keras_serializable(package="colabrcnn")
 class DetectionTargetLayer(keras.layers.Layer):
     """Inputs:
@@ -45,7 +38,7 @@ class DetectionTargetLayer(keras.layers.Layer):
 
     def call(self, proposals, gt_class_ids, gt_boxes, gt_masks):
         T = self.train_rois_per_image
-        n_pos = positive_count(T, self.positive_ratio)
+        n_pos = int(T * self.positive_ratio)  # spec.positive_count, 0 allowed here
         n_neg = T - n_pos
         gt_class_ids = ops.cast(gt_class_ids, "int32")
         gt_boxes = ops.cast(gt_boxes, "float32")
