@@ -125,7 +125,7 @@ def run_epochs(gen, epochs):
 
 def profile_stages(dataset, config, augmentation, n=None):
     """Mean ms per image of each stage, in this process, no cache (after a warm-up)."""
-    from colabrcnn import utils
+    from colabrcnn.model import anchors as utils  # where the loader finds build_rpn_targets
     from colabrcnn.data import sample as loader  # the sample builder the loader uses
 
     spent = {}

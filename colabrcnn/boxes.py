@@ -91,3 +91,48 @@ def denorm_boxes(boxes, shape) -> np.ndarray:
     scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float32)
     shift = np.array([0, 0, 1, 1], dtype=np.float32)
     return np.around(np.asarray(boxes, dtype=np.float32) * scale + shift).astype(np.int32)
+
+
+def compute_iou(box, boxes, box_area, boxes_area):
+    """IoU of one box [4] with boxes [N, 4], given their areas (matterport's helper;
+    the areas are passed in so a caller computes them once)."""
+    y1 = np.maximum(box[0], boxes[:, 0])
+    y2 = np.minimum(box[2], boxes[:, 2])
+    x1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[3], boxes[:, 3])
+    intersection = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    union = box_area + boxes_area[:] - intersection[:]
+    return intersection / union
+
+
+def non_max_suppression(boxes, scores, threshold):
+    """Greedy NMS in NumPy: indices (int32, best score first) of the boxes kept.
+
+    boxes [N, (y1, x1, y2, x2)], scores [N]; a box is dropped when its IoU with a kept,
+    higher-scoring box exceeds ``threshold``.
+    """
+    boxes = np.asarray(boxes)
+    if boxes.dtype.kind != "f":
+        boxes = boxes.astype(np.float32)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = np.asarray(scores).argsort()[::-1]
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        iou = compute_iou(boxes[i], boxes[order[1:]], area[i], area[order[1:]])
+        order = order[1:][iou <= threshold]
+    return np.array(keep, dtype=np.int32)
+
+
+def compute_recall(pred_boxes, gt_boxes, iou):
+    """Share of GT boxes that some prediction overlaps by at least ``iou``.
+
+    Returns (recall, indices of the predictions that reach ``iou`` with a GT box).
+    """
+    overlaps = compute_overlaps(pred_boxes, gt_boxes)
+    iou_max = np.max(overlaps, axis=1)
+    iou_argmax = np.argmax(overlaps, axis=1)
+    positive_ids = np.where(iou_max >= iou)[0]
+    matched_gt_boxes = iou_argmax[positive_ids]
+    return len(set(matched_gt_boxes.tolist())) / gt_boxes.shape[0], positive_ids

@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from . import recipe
 from .config import Config
 from .errors import ColabRCNNError, ConfigError
 
@@ -106,8 +107,13 @@ def best_path(log_dir, name: str = "*") -> str:
 
 # ---------------------------------------------------------------- saving / reading
 def save_checkpoint(model, path, optimizer=None, epochs_done=0, step=0, config=None,
-                    layers=None, logs=None) -> str:
-    """Weights + optimizer state + position, written atomically to ``path``."""
+                    layers=None, logs=None, origin=None) -> str:
+    """Weights + optimizer state + position, written atomically to ``path``.
+
+    origin: the trained model's ``weights_origin`` (colabrcnn.recipe); saved as
+    ``weights_origin`` = "random" for a run that started from random weights, so that
+    resuming it keeps the from-scratch recipe.
+    """
     import h5py  # optional heavy dependencies, imported when a checkpoint is written
     import keras
 
@@ -120,6 +126,9 @@ def save_checkpoint(model, path, optimizer=None, epochs_done=0, step=0, config=N
         g.attrs["step"] = int(step)
         g.attrs["time"] = time.time()
         g.attrs["layers"] = str(layers or "")
+        if origin is not None:
+            g.attrs["weights_origin"] = ("random" if recipe.from_scratch(origin)
+                                         else str(origin.get("source", "")))
         g.attrs["config_json"] = config.to_json() if config is not None else "{}"
         g.attrs["logs_json"] = json.dumps({k: float(v) for k, v in (logs or {}).items()
                                            if np.isscalar(v) or np.ndim(v) == 0})
@@ -441,10 +450,10 @@ class Checkpointer:
         return checkpoint_path(self.log_dir, self.name, epochs_done, step)
 
     def save(self, keras_model, epochs_done: int, step: int = 0, optimizer=None,
-             config=None, layers=None, logs=None) -> str:
+             config=None, layers=None, logs=None, origin=None) -> str:
         os.makedirs(self.log_dir, exist_ok=True)
         return save_checkpoint(keras_model, self.path(epochs_done, step), optimizer,
-                               epochs_done, step, config, layers, logs)
+                               epochs_done, step, config, layers, logs, origin)
 
     def save_best(self, path) -> str:
         """Copy the checkpoint ``path`` to the best name, atomically."""

@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 
+from . import utils, visualize
 from .config import Config
+from .data.shapes import shapes
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +69,7 @@ def run_demo(out_dir="runs/demo", epochs=40, train_images=500, val_images=8,
     """
     import keras
 
-    from . import utils, visualize
-    from .data import shapes
-    from .model.maskrcnn import MaskRCNN
+    from .model.maskrcnn import MaskRCNN  # lazy: imports Keras
 
     keras.utils.set_random_seed(seed)
     os.makedirs(out_dir, exist_ok=True)

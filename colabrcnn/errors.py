@@ -52,6 +52,18 @@ class GPUMemoryError(ColabRCNNError, MemoryError):
         super().__init__(message)
 
 
+class NotProvidedError(ColabRCNNError, AttributeError):
+    """A name of matterport's ``mrcnn`` modules that colabrcnn deliberately does not
+    provide; the message says why and what to use instead (README, "Migrating from
+    matterport"). An AttributeError, so ``hasattr`` stays False."""
+
+    def __init__(self, module: str, name: str, why: str):
+        self.module = module
+        self.name = name
+        super().__init__(f"{module}.{name} (matterport's) is not provided here: {why}")
+
+
+
 # ------------------------------------------------------------ out of memory
 # Recognising a backend's out-of-memory error is a question about errors, asked by the
 # memory helpers (advice, on_oom="reduce") and by colabrcnn.probe (a trial row that
@@ -93,4 +105,4 @@ def is_oom_error(exc: BaseException | None) -> bool:
 
 
 __all__ = ["ColabRCNNError", "ConfigError", "AnnotationError", "WeightsError",
-           "GPUMemoryError", "is_oom_error"]
+           "GPUMemoryError", "NotProvidedError", "is_oom_error"]

@@ -31,7 +31,10 @@ import warnings
 
 import numpy as np
 
+from . import visualize
+from .data.dataset import read_image
 from .errors import ColabRCNNError
+from .evaluate import encode_mask, to_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +117,6 @@ def predict_folder(model, in_dir, out_dir, class_names=None, batch_size=None,
     "mask" (path, list of paths or None)}]} — numbers as plain lists.
     """
     from tqdm.auto import tqdm
-
-    from . import visualize
-    from .data.dataset import read_image
-    from .evaluate import encode_mask, to_xywh
 
     if mask_format not in MASK_FORMATS:
         raise ColabRCNNError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -223,8 +222,6 @@ def predict_video(model, in_path, out_path, class_names=None, batch_size=None,
     """
     import cv2
     from tqdm.auto import tqdm
-
-    from . import visualize
 
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
     cap = cv2.VideoCapture(in_path)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+from .data.shapes import shapes
 from .errors import is_oom_error
 
 logger = logging.getLogger(__name__)
@@ -110,9 +111,7 @@ def device_name() -> str:
 # ------------------------------------------------------------------- steps
 def synthetic_batch(config, seed: int = 0) -> dict:
     """One training batch of synthetic shapes at ``config``'s image size."""
-    # Lazy: the data loader imports Keras.
-    from .data.loader import DataGenerator
-    from .data.shapes import shapes
+    from .data.loader import DataGenerator  # lazy: the loader imports Keras
     size = int(config.IMAGE_SHAPE[0])
     data = shapes(max(2, config.BATCH_SIZE), size, seed=seed,
                   max_instances=min(4, config.MAX_GT_INSTANCES))

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import memory
+from . import memory, recipe
 from .checkpoint import (STATE_GROUP, checkpoint_path,  # noqa: F401 (re-exported)
                          find_last, list_checkpoints, parse_checkpoint_name,
                          prune_checkpoints, read_state, restore_optimizer, save_checkpoint)
@@ -105,19 +105,33 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "step_factor": self.step_factor}
 
 
-def make_optimizer(config, learning_rate, end_epoch=1, momentum=None):
-    """matterport's SGD with clipping, plus the schedule and gradient accumulation."""
-    lr = learning_rate
-    if config.LR_SCHEDULE != "constant" or config.LR_WARMUP_STEPS:
-        lr = LearningRateSchedule(learning_rate, config.LR_SCHEDULE, config.STEPS_PER_EPOCH,
-                          end_epoch, config.LR_WARMUP_STEPS, config.LR_STEP_EPOCHS,
-                          config.LR_STEP_FACTOR)
+def make_optimizer(config, learning_rate, end_epoch=1, momentum=None, from_scratch=False):
+    """The optimizer of ``config`` with clipping, schedule and gradient accumulation.
+
+    By default matterport's SGD (momentum LEARNING_MOMENTUM) at ``learning_rate`` with the
+    LR_* schedule, or the optimizer that OPTIMIZER names. from_scratch: the SCRATCH_*
+    recipe instead (its optimizer, learning rate, warm-up and schedule), which
+    ``train()`` picks for a random backbone (see colabrcnn.recipe).
+    """
+    if from_scratch:
+        kind, base = config.SCRATCH_OPTIMIZER, config.SCRATCH_LEARNING_RATE
+        schedule, warmup = config.SCRATCH_LR_SCHEDULE, config.SCRATCH_LR_WARMUP_STEPS
+    else:
+        kind = "sgd" if config.OPTIMIZER == "auto" else config.OPTIMIZER
+        base, schedule, warmup = learning_rate, config.LR_SCHEDULE, config.LR_WARMUP_STEPS
+    lr = base
+    if schedule != "constant" or warmup:
+        lr = LearningRateSchedule(base, schedule, config.STEPS_PER_EPOCH, end_epoch, warmup,
+                                  config.LR_STEP_EPOCHS, config.LR_STEP_FACTOR)
     k = int(config.GRADIENT_ACCUMULATION_STEPS)
+    common = dict(learning_rate=lr, clipnorm=config.GRADIENT_CLIP_NORM,
+                  gradient_accumulation_steps=k if k > 1 else None)
+    if kind == "adam":
+        return keras.optimizers.Adam(**common)
+    if kind == "adamw":
+        return keras.optimizers.AdamW(**common)
     return keras.optimizers.SGD(
-        learning_rate=lr,
-        momentum=config.LEARNING_MOMENTUM if momentum is None else momentum,
-        clipnorm=config.GRADIENT_CLIP_NORM,
-        gradient_accumulation_steps=k if k > 1 else None)
+        momentum=config.LEARNING_MOMENTUM if momentum is None else momentum, **common)
 
 
 
@@ -163,7 +177,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         o = self.owner
         path = self.checkpointer.save(o.keras_model, epochs_done, step,
                                       optimizer=o.keras_model.optimizer, config=o.config,
-                                      layers=self.layers, logs=logs)
+                                      layers=self.layers, logs=logs,
+                                      origin=getattr(o, "weights_origin", None))
         self.last = time.time()
         self.checkpointer.prune(self.keep)
         return path
@@ -235,6 +250,8 @@ def _train(model, train_dataset, val_dataset, learning_rate, epochs, layers,
         if verbose:
             where = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
             logger.info("Resuming from %s (%s). Pass resume=False to start over.", path, where)
+    origin = model.weights_origin
+    recipe.warn_frozen_random_backbone(layers, origin)
     if model.epoch >= epochs:
         if verbose:
             logger.info("Already trained to epoch %d (asked for %d): nothing to do. Raise "
@@ -242,7 +259,19 @@ def _train(model, train_dataset, val_dataset, learning_rate, epochs, layers,
         return None
 
     model.set_trainable(layers, verbose=verbose > 1)
-    model.compile(learning_rate, optimizer=optimizer, end_epoch=epochs)
+    train_bn = model.apply_batchnorm()
+    if train_bn and c.REMAT and keras.backend.backend() == "jax":
+        raise ConfigError(
+            "REMAT with trained BatchNorm fails on JAX (the statistics updates escape the "
+            "recomputed blocks), and BatchNorm trains here because "
+            + ("TRAIN_BN = True" if c.TRAIN_BN is True else
+               "the backbone has random weights (TRAIN_BN = 'auto')")
+            + ": set REMAT = False, load pretrained weights (BatchNorm then stays frozen) "
+              "or use the TensorFlow backend, where REMAT works with trained BatchNorm.")
+    scratch = recipe.use_scratch_recipe(c, origin, optimizer)
+    if scratch and verbose:
+        logger.info(recipe.describe_scratch_recipe(c))
+    model.compile(learning_rate, optimizer=optimizer, end_epoch=epochs, from_scratch=scratch)
     saved_optimizer = model.take_optimizer_state()
     if saved_optimizer is not None:
         restored = restore_optimizer(model.keras_model.optimizer, saved_optimizer,

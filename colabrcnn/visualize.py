@@ -4,11 +4,16 @@ Two families:
 
 * OpenCV, array in -> array out (fast, for files and videos): :func:`draw_instances`,
   :func:`save_image`.
-* matplotlib, matterport's functions (for notebooks): :func:`display_instances`,
-  :func:`display_differences`, :func:`display_top_masks`, :func:`display_images`, and
-  plots of a run: :func:`plot_history` (loss curves) and :func:`plot_per_class_ap`.
-  Each returns its Axes/Figure; with no ``ax`` given it is also shown when matplotlib
-  has an interactive backend (Colab's inline one), as matterport did.
+* matplotlib, matterport's functions (for notebooks), with matterport's signatures:
+  :func:`display_instances`, :func:`display_differences`, :func:`display_top_masks`,
+  :func:`display_images`, :func:`draw_boxes`, :func:`draw_rois`,
+  :func:`plot_precision_recall`, :func:`plot_overlaps`, :func:`display_table`,
+  :func:`display_weight_stats` (and the helpers :func:`random_colors`,
+  :func:`apply_mask`, :func:`draw_box`); plots of a run: :func:`plot_history` (loss
+  curves) and :func:`plot_per_class_ap`. Each returns what it drew (Axes, Figure, or
+  the table) where matterport returned nothing; with no ``ax`` given a picture is also
+  shown when matplotlib has an interactive backend (Colab's inline one), as
+  matterport did. All of them work headless (matplotlib's Agg backend).
 
 Colours are stable per class (:func:`class_color`), so "balloon" is the same colour in
 every picture and every run.
@@ -17,7 +22,11 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import html
+import itertools
 import os
+import random
+import re
 
 import cv2
 import numpy as np
@@ -110,14 +119,42 @@ def instance_colors(class_ids, class_names=None):
     return out
 
 
+def random_colors(N, bright=True):
+    """``N`` distinct 0..1 RGB colours (evenly spaced hues, shuffled with Python's
+    ``random``, as matterport did): seed ``random`` for a repeatable order."""
+    brightness = 1.0 if bright else 0.7
+    colors = [colorsys.hsv_to_rgb(i / max(N, 1), 1, brightness) for i in range(N)]
+    random.shuffle(colors)
+    return colors
+
+
+def _rgb(color):
+    """A 0..1 RGB(A) tuple from a matplotlib colour name or 0..1 / 0..255 values."""
+    if isinstance(color, str):
+        from matplotlib.colors import to_rgb
+        return to_rgb(color)
+    return _unit_color(color)
+
+
 def apply_mask(image, mask, color, alpha=0.5):
-    """Blend ``color`` (0..1 RGB) into ``image`` where ``mask`` is set (in place)."""
-    color = _unit_color(color)
+    """Blend ``color`` (0..1 RGB) into ``image`` where ``mask`` is set (in place);
+    returns ``image``."""
+    color = _rgb(color)
     for c in range(3):
         image[:, :, c] = np.where(mask == 1,
                                   image[:, :, c] * (1 - alpha) + alpha * color[c] * 255,
                                   image[:, :, c])
     return image
+
+
+def draw_box(image, box, color):
+    """Draw a box outline 2 pixels wide into ``image`` (in place, OpenCV); returns it.
+
+    box (y1, x1, y2, x2) in pixels; color: 3 ints, in the image's channel order.
+    """
+    y1, x1, y2, x2 = [int(v) for v in box]
+    return cv2.rectangle(image, (x1, y1), (x2, y2), color=tuple(int(c) for c in color),
+                         thickness=2)
 
 
 def mask_contours(mask):
@@ -271,6 +308,215 @@ def display_top_masks(image, mask, class_ids, class_names, limit=4):
         to_display.append(m)
         titles.append(class_names[class_id] if class_id != -1 else "-")
     return display_images(to_display, titles=titles, cols=limit + 1, cmap="Blues_r")
+
+
+def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10):
+    """Training ROIs (dashed; grey for background) and, for positive ones, the refined
+    box (solid), its class name and its mask target. Shows at most ``limit`` ROIs
+    (drawn at random with ``np.random``) and prints the positive/negative counts.
+
+    rois, refined_rois [N, (y1, x1, y2, x2)] pixels; mask [N, h, w] mask targets;
+    class_ids [N] (0: background ROI). Returns the Axes.
+    """
+    plt = _plt()
+    from matplotlib import lines, patches
+    from .utils import unmold_mask
+
+    rois = np.asarray(rois)
+    class_ids = np.asarray(class_ids)
+    masked_image = np.array(image, copy=True)
+    ids = np.arange(rois.shape[0], dtype=np.int32)
+    ids = np.random.choice(ids, limit, replace=False) if ids.shape[0] > limit else ids
+    fig, ax = plt.subplots(1, figsize=(12, 12))
+    ax.set_title(f"Showing {len(ids)} random ROIs out of {rois.shape[0]}"
+                 if rois.shape[0] > limit else f"{len(ids)} ROIs")
+    ax.set_ylim(image.shape[0] + 20, -20)
+    ax.set_xlim(-50, image.shape[1] + 20)
+    ax.axis("off")
+    for i in ids:
+        color = np.random.rand(3)
+        class_id = int(class_ids[i])
+        y1, x1, y2, x2 = rois[i]
+        ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, linewidth=2,
+                                       edgecolor=color if class_id else "gray",
+                                       facecolor="none", linestyle="dashed"))
+        if class_id:
+            ry1, rx1, ry2, rx2 = refined_rois[i]
+            ax.add_patch(patches.Rectangle((rx1, ry1), rx2 - rx1, ry2 - ry1, linewidth=2,
+                                           edgecolor=color, facecolor="none"))
+            # Join the top-left corners of the ROI and its refinement.
+            ax.add_line(lines.Line2D([x1, rx1], [y1, ry1], color=color))
+            ax.text(rx1, ry1 + 8, str(class_names[class_id]), color="w", size=11,
+                    backgroundcolor="none")
+            m = unmold_mask(np.asarray(mask[i]), rois[i][:4].astype(np.int32), image.shape)
+            masked_image = apply_mask(masked_image, m, color)
+    ax.imshow(np.clip(masked_image, 0, 255).astype(np.uint8))
+    positive = int(np.sum(class_ids > 0))
+    print("Positive ROIs: ", positive)
+    print("Negative ROIs: ", int(np.sum(class_ids == 0)))
+    print("Positive Ratio: {:.2f}".format(positive / max(1, class_ids.shape[0])))
+    return ax
+
+
+def plot_precision_recall(AP, precisions, recalls):
+    """The precision-recall curve of one image (from ``utils.compute_ap``), titled with
+    its AP@50. Returns the Axes."""
+    plt = _plt()
+    _, ax = plt.subplots(1)
+    ax.set_title("Precision-Recall Curve. AP@50 = {:.3f}".format(AP))
+    ax.set_ylim(0, 1.1)
+    ax.set_xlim(0, 1.1)
+    ax.plot(recalls, precisions)
+    return ax
+
+
+def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores, overlaps, class_names,
+                  threshold=0.5):
+    """A grid of IoUs, predictions (rows, "class (score)") against ground truth
+    (columns); a cell above ``threshold`` says "match" (same class) or "wrong".
+
+    overlaps [n_pred, n_gt] (``compute_ap``'s fourth result). Class id 0 entries
+    (padding) are dropped. Returns the Figure.
+    """
+    plt = _plt()
+    gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
+    pred_class_ids = np.asarray(pred_class_ids).reshape(-1)
+    pred_scores = np.asarray(pred_scores).reshape(-1)
+    keep = pred_class_ids != 0
+    gt_class_ids = gt_class_ids[gt_class_ids != 0]
+    pred_class_ids, pred_scores = pred_class_ids[keep], pred_scores[keep]
+    overlaps = np.asarray(overlaps)
+    fig, ax = plt.subplots(figsize=(12, 10))
+    ax.imshow(overlaps, interpolation="nearest", cmap=plt.cm.Blues)
+    ax.set_yticks(np.arange(len(pred_class_ids)))
+    ax.set_yticklabels(["{} ({:.2f})".format(class_names[int(c)], pred_scores[i])
+                        for i, c in enumerate(pred_class_ids)])
+    ax.set_xticks(np.arange(len(gt_class_ids)))
+    ax.set_xticklabels([class_names[int(c)] for c in gt_class_ids], rotation=90)
+    half = overlaps.max() / 2.0 if overlaps.size else 0.0
+    for i, j in itertools.product(range(overlaps.shape[0]), range(overlaps.shape[1])):
+        text = ""
+        if overlaps[i, j] > threshold:
+            text = "match" if gt_class_ids[j] == pred_class_ids[i] else "wrong"
+        color = ("white" if overlaps[i, j] > half
+                 else "black" if overlaps[i, j] > 0 else "grey")
+        ax.text(j, i, "{:.3f}\n{}".format(overlaps[i, j], text),
+                horizontalalignment="center", verticalalignment="center", fontsize=9,
+                color=color)
+    ax.set_xlabel("Ground Truth")
+    ax.set_ylabel("Predictions")
+    fig.tight_layout()
+    return fig
+
+
+def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
+               visibilities=None, title="", ax=None):
+    """Boxes (dotted), refined boxes (solid, joined to their box), captions and masks,
+    as in matterport's inspection notebooks.
+
+    boxes, refined_boxes [N, (y1, x1, y2, x2)] pixels (at least one given); masks
+    [H, W, N]; captions: N strings; visibilities: N values of 0 (grey, dotted, no
+    refined box), 1 (dotted) or 2 (solid). Returns the Axes.
+    """
+    plt = _plt()
+    from matplotlib import lines, patches
+    from matplotlib.patches import Polygon
+
+    if boxes is None and refined_boxes is None:
+        raise ValueError("draw_boxes needs boxes or refined_boxes")
+    n = np.asarray(boxes).shape[0] if boxes is not None else np.asarray(refined_boxes).shape[0]
+    if not ax:
+        _, ax = plt.subplots(1, figsize=(12, 12))
+    colors = random_colors(n)
+    margin = image.shape[0] // 10
+    ax.set_ylim(image.shape[0] + margin, -margin)
+    ax.set_xlim(-margin, image.shape[1] + margin)
+    ax.axis("off")
+    ax.set_title(title)
+    masked_image = np.array(image, dtype=np.float64, copy=True)
+    for i in range(n):
+        visibility = visibilities[i] if visibilities is not None else 1
+        if visibility == 0:
+            color, style, alpha = "gray", "dotted", 0.5
+        elif visibility == 1:
+            color, style, alpha = colors[i], "dotted", 1
+        else:
+            color, style, alpha = colors[i], "solid", 1
+        if boxes is not None:
+            if not np.any(boxes[i]):
+                continue  # no box (lost in cropping)
+            y1, x1, y2, x2 = boxes[i]
+            ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, linewidth=2,
+                                           alpha=alpha, linestyle=style, edgecolor=color,
+                                           facecolor="none"))
+        if refined_boxes is not None and visibility > 0:
+            ry1, rx1, ry2, rx2 = np.asarray(refined_boxes[i]).astype(np.int32)
+            ax.add_patch(patches.Rectangle((rx1, ry1), rx2 - rx1, ry2 - ry1, linewidth=2,
+                                           edgecolor=color, facecolor="none"))
+            if boxes is not None:
+                ax.add_line(lines.Line2D([x1, rx1], [y1, ry1], color=color))
+        if captions is not None:
+            # Captions sit on the refined box when there is one.
+            cy, cx = (ry1, rx1) if refined_boxes is not None and visibility > 0 \
+                else (boxes[i][0], boxes[i][1])
+            ax.text(cx, cy, captions[i], size=11, verticalalignment="top", color="w",
+                    backgroundcolor="none",
+                    bbox={"facecolor": color, "alpha": 0.5, "pad": 2, "edgecolor": "none"})
+        if masks is not None:
+            mask = np.asarray(masks)[:, :, i]
+            masked_image = apply_mask(masked_image, mask, color)
+            for verts in mask_contours(mask):
+                ax.add_patch(Polygon(verts, facecolor="none", edgecolor=color))
+    ax.imshow(np.clip(masked_image, 0, 255).astype(np.uint8))
+    return ax
+
+
+def display_table(table):
+    """Show rows of values as an HTML table in a notebook (printed as text elsewhere).
+
+    table: an iterable of rows, each an iterable of values. Returns the HTML.
+    """
+    rows = [[str(col) for col in row] for row in table]
+    markup = "<table>" + "".join(
+        "<tr>" + "".join("<td>{:40}</td>".format(c) for c in row) + "</tr>"
+        for row in rows) + "</table>"
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        from IPython.display import HTML, display
+        display(HTML(markup))
+    else:
+        for row in rows:
+            print("  ".join(html.unescape(_strip_tags(c)).ljust(24) for c in row))
+    return markup
+
+
+def _strip_tags(text):
+    return re.sub(r"<[^>]+>", "", text)
+
+
+def display_weight_stats(model):
+    """A table of every weight of the model's layers that have weights: name, shape,
+    min, max and standard deviation, flagging constant ("dead?") and huge
+    ("Overflow?") weights. ``model`` is a MaskRCNN. Shown with :func:`display_table`;
+    returns the rows (header first)."""
+    table = [["WEIGHT NAME", "SHAPE", "MIN", "MAX", "STD"]]
+    for layer in model.get_trainable_layers():
+        for i, (variable, w) in enumerate(zip(layer.weights, layer.get_weights())):
+            name = getattr(variable, "path", None) or variable.name
+            alert = ""
+            # Conv biases start at zero: constant is expected there.
+            if w.min() == w.max() and not (type(layer).__name__ == "Conv2D" and i == 1):
+                alert += "<span style='color:red'>*** dead?</span>"
+            if np.abs(w.min()) > 1000 or np.abs(w.max()) > 1000:
+                alert += "<span style='color:red'>*** Overflow?</span>"
+            table.append([name + alert, str(w.shape), "{:+9.4f}".format(w.min()),
+                          "{:+10.4f}".format(w.max()), "{:+9.4f}".format(w.std())])
+    display_table(table)
+    return table
 
 
 # ------------------------------------------------------------------ run plots

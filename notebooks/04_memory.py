@@ -132,9 +132,9 @@ smaller = max(64, size * 3 // 4 // 64 * 64)
 candidates = [   # (row, settings changed, layers trained, does it apply here?)
     ("baseline (float32)", {}, LAYERS, True),
     ("mixed precision", {"MIXED_PRECISION": True}, LAYERS, True),
-    ("REMAT", {"REMAT": True}, LAYERS, not base.TRAIN_BN),
+    ("REMAT", {"REMAT": True}, LAYERS, base.TRAIN_BN is not True),
     ("mixed precision + REMAT", {"MIXED_PRECISION": True, "REMAT": True}, LAYERS,
-     not base.TRAIN_BN),
+     base.TRAIN_BN is not True),
     ("TRAIN_ROIS_PER_IMAGE 64", {"TRAIN_ROIS_PER_IMAGE": 64}, LAYERS,
      base.TRAIN_ROIS_PER_IMAGE > 64),
     ("MAX_GT_INSTANCES 35", {"MAX_GT_INSTANCES": 35}, LAYERS, base.MAX_GT_INSTANCES > 35),

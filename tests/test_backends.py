@@ -13,36 +13,18 @@ SMOKE = r"""
 import json, os
 import numpy as np
 import keras
-from colabrcnn import Config, MaskRCNN
+from colabrcnn import MaskRCNN
 from colabrcnn.data import shapes
+from tests.tiny_model import tiny_config
 
-class SmokeConfig(Config):
-    NAME = "smoke"
-    NUM_CLASSES = 4
-    BACKBONE = "resnet18"
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    IMAGES_PER_GPU = 2
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TRAIN_ROIS_PER_IMAGE = 16
-    POST_NMS_ROIS_TRAINING = 64
-    POST_NMS_ROIS_INFERENCE = 32
-    PRE_NMS_LIMIT = 256
-    TOP_DOWN_PYRAMID_SIZE = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
-    MAX_GT_INSTANCES = 4
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
-    STEPS_PER_EPOCH = 3
-    VALIDATION_STEPS = 1
-    TRAIN_BN = True
-    MINI_MASK_SHAPE = (14, 14)
-    DETECTION_MIN_CONFIDENCE = 0.0
-    DETECTION_MAX_INSTANCES = 8
+def smoke_config():
+    # The shared tiny config; NAME names the checkpoints checked below.
+    return tiny_config(NAME="smoke", STEPS_PER_EPOCH=3, VALIDATION_STEPS=1)
 
 keras.utils.set_random_seed(0)
 logs = os.environ["SMOKE_LOGS"]
 ds = shapes(4, 64, seed=0)
-model = MaskRCNN("training", SmokeConfig(), logs)
+model = MaskRCNN("training", smoke_config(), logs)
 history = model.train(ds, ds, learning_rate=0.01, epochs=2, layers="all", seed=0, verbose=0)
 losses = history.history["loss"]
 assert all(np.isfinite(losses)), losses
@@ -55,7 +37,7 @@ for r in results:
     assert r["masks"].dtype == bool and np.all((r["class_ids"] >= 1) & (r["class_ids"] <= 3))
     assert np.all(np.diff(r["scores"]) <= 1e-6)   # sorted by score
 # The checkpoint loads into a fresh inference model and gives the same detections.
-infer = MaskRCNN("inference", SmokeConfig(), logs)
+infer = MaskRCNN("inference", smoke_config(), logs)
 infer.load_weights(model.find_last(), by_name=True)
 again = infer.detect(images)
 for a, b in zip(results, again):

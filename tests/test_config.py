@@ -7,6 +7,8 @@ import pytest
 from colabrcnn import Config, ConfigError
 
 
+# Not tests/tiny_model.py's config: subclassing Config as matterport's shapes notebook
+# does, with every other setting at its default, is what these tests check.
 class ShapesConfig(Config):
     NAME = "shapes"
     NUM_CLASSES = 1 + 3
@@ -177,3 +179,67 @@ def test_copy_with_overrides_revalidates_and_keeps_class():
         c.copy(IMAGE_MAX_DIM=100)
     with pytest.raises(ConfigError):
         c.copy(NOT_A_SETTING=1)
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("LEARNING_MOMENTUM", "0.9", "write LEARNING_MOMENTUM = 0.9 (without quotes"),
+    ("LEARNING_MOMENTUM", 1.5, "in [0, 1)"),
+    ("LEARNING_MOMENTUM", float("nan"), "in [0, 1)"),
+    ("WEIGHT_DECAY", -0.001, ">= 0"),
+    ("WEIGHT_DECAY", "1e-4", "write WEIGHT_DECAY = 1e-4"),
+    ("LEARNING_RATE", 0, "> 0"),
+    ("LEARNING_RATE", "0.001", "write LEARNING_RATE = 0.001"),
+    ("GRADIENT_CLIP_NORM", "none", "write GRADIENT_CLIP_NORM = None"),
+    ("GRADIENT_CLIP_NORM", "None", "write GRADIENT_CLIP_NORM = None"),
+    ("CHECKPOINT_EVERY_MINUTES", "none", "write CHECKPOINT_EVERY_MINUTES = None"),
+    ("CHECKPOINT_EVERY_MINUTES", 0, "> 0 or None"),
+    ("BACKBONE_STRIDES", [4, 8, 16, 32], "list of 5 whole numbers"),
+    ("BACKBONE_STRIDES", [4, 8, "16", 32, 64], "BACKBONE_STRIDES[2]"),
+    ("BACKBONE_STRIDES", [4, 8, 0, 32, 64], "BACKBONE_STRIDES[2]"),
+    ("BACKBONE_STRIDES", [64, 32, 16, 8, 4], "grow from P2 to P6"),
+    ("BACKBONE_STRIDES", "4,8,16,32,64", "list of 5"),
+    ("LR_STEP_EPOCHS", 10, "list of whole numbers"),
+    ("LR_STEP_EPOCHS", [10, "20"], "LR_STEP_EPOCHS[1]"),
+    ("LR_STEP_EPOCHS", [20, 10], "increasing order"),
+    ("LR_STEP_EPOCHS", [0], "LR_STEP_EPOCHS[0]"),
+    ("LR_STEP_FACTOR", 0, "> 0"),
+    ("IMAGES_PER_GPU", "2", "write IMAGES_PER_GPU = 2"),
+    ("IMAGES_PER_GPU", 2.0, "positive integer"),
+    ("IMAGES_PER_GPU", True, "positive integer"),
+    ("STEPS_PER_EPOCH", 0, "positive integer"),
+    ("DETECTION_MIN_CONFIDENCE", "0.7", "write DETECTION_MIN_CONFIDENCE = 0.7"),
+    ("DETECTION_MIN_CONFIDENCE", 1, "in [0, 1)"),
+    ("RPN_NMS_THRESHOLD", 0, "in (0, 1]"),
+    ("ROI_POSITIVE_RATIO", 1.2, "in (0, 1]"),
+    ("USE_MINI_MASK", "False", "write USE_MINI_MASK = False"),
+    ("USE_MINI_MASK", 1, "one of True, False"),
+    ("TRAIN_BN", "yes", "TRAIN_BN must be one of"),
+    ("LR_SCHEDULE", "linear", "'constant', 'step', 'cosine'"),
+    ("LR_WARMUP_STEPS", -1, "integer >= 0"),
+    ("MEAN_PIXEL", "123.7", "MEAN_PIXEL must be a list of numbers"),
+    ("MEAN_PIXEL", [123.7, 116.8], "IMAGE_CHANNEL_COUNT"),
+    ("MEAN_PIXEL", [123.7, 116.8, 300], "MEAN_PIXEL[2]"),
+    ("BBOX_STD_DEV", [0.1, 0.1, 0.2], "list of 4 numbers"),
+    ("RPN_BBOX_STD_DEV", [0.1, 0.1, 0.2, -0.2], "RPN_BBOX_STD_DEV[3]"),
+    ("RPN_ANCHOR_SCALES", (32, 64, 128, 256, "512"), "RPN_ANCHOR_SCALES[4]"),
+    ("RPN_ANCHOR_RATIOS", [], "RPN_ANCHOR_RATIOS must be a list"),
+    ("MINI_MASK_SHAPE", (56.5, 56), "MINI_MASK_SHAPE[0]"),
+    ("IMAGE_MIN_SCALE", "2", "write IMAGE_MIN_SCALE = 2"),
+    ("IMAGE_MIN_DIM", "800", "write IMAGE_MIN_DIM = 800"),
+    ("GPU_COUNT", 0, "or 'auto'"),
+    ("NAME", 3, "NAME must be text"),
+    ("LOSS_WEIGHTS", {"mrcnn_mask_loss": "2"}, "LOSS_WEIGHTS['mrcnn_mask_loss']"),
+    ("MIXED_PRECISION", "fp16", "MIXED_PRECISION must be one of"),
+])
+def test_every_setting_is_type_and_range_checked(name, value, says):
+    with pytest.raises(ConfigError) as info:
+        Config(NUM_CLASSES=2, **{name: value})
+    assert name.split("[")[0] in str(info.value) and says in str(info.value), str(info.value)
+
+
+def test_numpy_and_tuple_values_pass():
+    c = Config(NUM_CLASSES=2, BACKBONE_STRIDES=np.array([4, 8, 16, 32, 64]),
+               LEARNING_MOMENTUM=np.float32(0.9), IMAGES_PER_GPU=np.int64(1),
+               LR_STEP_EPOCHS=(5, 10), GRADIENT_CLIP_NORM=None, TRAIN_BN=None,
+               MINI_MASK_SHAPE=[28, 28], MEAN_PIXEL=(1.0, 2.0, 3.0))
+    assert c.BATCH_SIZE == 1

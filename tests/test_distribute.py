@@ -36,34 +36,18 @@ from colabrcnn import Config, ConfigError, MaskRCNN, distribute
 from colabrcnn import train as T
 from colabrcnn.data import shapes
 from colabrcnn.data.loader import DataGenerator
+from tests.tiny_model import tiny_config
 
 
-class DistConfig(Config):
-    # tests/test_train_workflow.py's TinyConfig: 64 px, ResNet-18, narrow heads.
-    NAME = "dist"
-    NUM_CLASSES = 4
-    BACKBONE = "resnet18"
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    TRAIN_ROIS_PER_IMAGE = 16
-    POST_NMS_ROIS_TRAINING = 64
-    POST_NMS_ROIS_INFERENCE = 32
-    PRE_NMS_LIMIT = 256
-    TOP_DOWN_PYRAMID_SIZE = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
-    MAX_GT_INSTANCES = 4
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
-    MINI_MASK_SHAPE = (14, 14)
-    STEPS_PER_EPOCH = 1
-    VALIDATION_STEPS = 1
-    CHECKPOINT_EVERY_MINUTES = None
-    MIXED_PRECISION = False
-    TRAIN_BN = False              # BatchNorm statistics would differ per replica
-    LEARNING_MOMENTUM = 0.0
-    GRADIENT_CLIP_NORM = None     # clipping is not linear: per image != per batch
-    DETECTION_MIN_CONFIDENCE = 0.0
-    DETECTION_MAX_INSTANCES = 8
+def dist_config(**kw):
+    # The shared tiny config, plus what makes a step over 2 devices equal one on 1.
+    return tiny_config(**{
+        "NAME": "dist", "STEPS_PER_EPOCH": 1, "VALIDATION_STEPS": 1,
+        "CHECKPOINT_EVERY_MINUTES": None, "MIXED_PRECISION": False,
+        "TRAIN_BN": False,             # BatchNorm statistics would differ per replica
+        "LEARNING_MOMENTUM": 0.0,
+        "GRADIENT_CLIP_NORM": None,    # clipping is not linear: per image != per batch
+        **kw})
 
 
 def max_diff(a, b):
@@ -77,7 +61,7 @@ def one_batch(cfg):
 
 def model_for(gpu_count, images_per_gpu, weights=None, logs="logs", **kw):
     keras.utils.set_random_seed(0)
-    cfg = DistConfig(GPU_COUNT=gpu_count, IMAGES_PER_GPU=images_per_gpu, **kw)
+    cfg = dist_config(GPU_COUNT=gpu_count, IMAGES_PER_GPU=images_per_gpu, **kw)
     m = MaskRCNN("training", cfg, logs)
     if weights is not None:
         m.keras_model.set_weights(weights)
@@ -127,18 +111,18 @@ def test_describe_plan_and_doctor_line():
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_gpu_count_auto_resolves_to_the_device_count(backend):
     out = _child(backend, r"""
-c = DistConfig(GPU_COUNT="auto", IMAGES_PER_GPU=3)
+c = dist_config(GPU_COUNT="auto", IMAGES_PER_GPU=3)
 assert c.BATCH_SIZE == 3                          # nothing resolved in Config()
 assert distribute.device_count() == 2
 s = distribute.setup(c)
 assert c.GPU_COUNT == 2 and c.BATCH_SIZE == 6, (c.GPU_COUNT, c.BATCH_SIZE)
 assert s.replicas == 2 and s.distributed, s
 try:
-    distribute.resolve_gpu_count(DistConfig(GPU_COUNT=3))
+    distribute.resolve_gpu_count(dist_config(GPU_COUNT=3))
     raise AssertionError("GPU_COUNT=3 with 2 devices must fail")
 except ConfigError as e:
     assert "at most 2" in str(e), e
-one = distribute.setup(DistConfig(GPU_COUNT=1))
+one = distribute.setup(dist_config(GPU_COUNT=1))
 assert one.kind == "single" and not one.distributed
 if BACKEND == "jax":   # a one-device model clears the distribution set before
     assert keras.distribution.distribution() is None
@@ -150,13 +134,13 @@ print(json.dumps({"kind": s.kind, "text": str(s)}))
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_gpu_count_auto_is_one_on_an_ordinary_cpu_machine(backend):
     out = _child(backend, r"""
-c = DistConfig(GPU_COUNT="auto")
+c = dist_config(GPU_COUNT="auto")
 s = distribute.setup(c)
 assert c.GPU_COUNT == 1 and c.BATCH_SIZE == c.IMAGES_PER_GPU and s.kind == "single"
 msg = ""
 if BACKEND == "torch":
     try:
-        distribute.setup(DistConfig(GPU_COUNT=2))
+        distribute.setup(dist_config(GPU_COUNT=2))
     except ConfigError as e:
         msg = str(e)
 print(json.dumps({"msg": msg}))
@@ -293,7 +277,7 @@ def check_optimizer_restores(model, path):
 
 def rt_config(gpu_count, images_per_gpu):
     # matterport's optimizer (momentum, clipping): momentum buffers to round-trip.
-    return DistConfig(GPU_COUNT=gpu_count, IMAGES_PER_GPU=images_per_gpu,
+    return dist_config(GPU_COUNT=gpu_count, IMAGES_PER_GPU=images_per_gpu,
                       LEARNING_MOMENTUM=0.9, GRADIENT_CLIP_NORM=5.0)
 
 def trained(gpu_count, images_per_gpu, start=None, epochs=1, sub="run"):

@@ -81,6 +81,18 @@ def test_categories_mapped_to_contiguous_ids_in_id_order(tmp_path):
     assert ds.map_source_class_id("coco.9") == 3
 
 
+def test_two_category_ids_with_one_name_become_one_class_with_a_warning(tmp_path):
+    doc = coco_doc([ann(1, [POLY], cat=5), ann(2, [POLY2], cat=6)],
+                   categories=[{"id": 5, "name": "zebra"}, {"id": 6, "name": "zebra "}])
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "a.png")
+    with open(tmp_path / "coco.json", "w") as f:
+        json.dump(doc, f)
+    with pytest.warns(UserWarning):
+        ds = load_coco(str(tmp_path / "coco.json"))
+    assert ds.class_names == ["BG", "zebra"]
+    assert list(ds.load_mask(0)[1]) == [1, 1]
+
+
 def test_crowd_kept_apart_and_reported(tmp_path):
     crowd = np.zeros((H, W), bool)
     crowd[30:38, 2:20] = True

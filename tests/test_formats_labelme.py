@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from colabrcnn.data.formats import load_labelme
 from colabrcnn.errors import AnnotationError
@@ -55,33 +55,96 @@ def folder(tmp_path):
     return tmp_path
 
 
-def test_every_shape_type(folder):
+def labelme_shape_to_mask(img_shape, points, shape_type=None, line_width=10, point_size=5):
+    """The reference: the PIL calls of labelme's own ``labelme.utils.shape_to_mask``
+    (labelme 6.3.1, labelme/utils/shape.py), made the same way. (labelme itself needs
+    PyQt5 and onnxruntime, too heavy to install for the tests.)"""
+    mask = Image.fromarray(np.zeros(img_shape[:2], dtype=np.uint8))
+    draw = ImageDraw.Draw(mask)
+    xy = [tuple(point) for point in points]
+    if shape_type == "circle":
+        (cx, cy), (px, py) = xy
+        d = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)
+        draw.ellipse([cx - d, cy - d, cx + d, cy + d], outline=1, fill=1)
+    elif shape_type == "rectangle":
+        (x0, y0), (x1, y1) = xy
+        draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=1,
+                       fill=1)
+    elif shape_type in ("line", "linestrip"):
+        draw.line(xy=xy, fill=1, width=line_width)
+    elif shape_type == "point":
+        (cx, cy), r = xy[0], point_size
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=1, fill=1)
+    else:
+        draw.polygon(xy=xy, outline=1, fill=1)
+    return np.array(mask, dtype=bool)
+
+
+def test_every_shape_type_drawn_as_labelme_draws_it(folder):
     mask = np.zeros((6, 5), np.uint8)
     mask[1:4, 1:3] = 255
-    doc = labelme_doc([
+    drawn = [
         shape("box", [[10, 12], [2, 3]], "rectangle"),             # corners in any order
         shape("ring", [[40, 25], [48, 25]], "circle"),
         shape("tri", [[20, 30], [30, 30], [30, 40]], "polygon"),
         shape("stroke", [[1, 1], [5, 5]], "line"),
         shape("stroke", [[1, 1], [5, 5], [9, 2]], "linestrip"),
         shape("dot", [[1, 1]], "point"),
-        shape("blob", [[60, 40], [64, 45]], "mask", mask=b64(png_bytes(mask))),
-    ])
+        shape("box", [[40.3, 2.7], [55.6, 4.2], [52.1, 14.9], [41.8, 11.5]],
+              "oriented_rectangle"),
+    ]
+    doc = labelme_doc(drawn + [
+        shape("blob", [[60, 40], [64, 45]], "mask", mask=b64(png_bytes(mask)))])
     ds = read(write(folder / "a.json", doc))
-    assert ds.class_names == ["BG", "blob", "box", "ring", "tri"]
+    assert ds.class_names == ["BG", "blob", "box", "dot", "ring", "stroke", "tri"]
     masks, ids = ds.load_mask(0)
-    assert masks.shape == (H, W, 4)
-    assert [ds.class_names[i] for i in ids] == ["box", "ring", "tri", "blob"]
+    assert masks.shape == (H, W, 8)
+    assert [ds.class_names[i] for i in ids] == ["box", "ring", "tri", "stroke", "stroke",
+                                                "dot", "box", "blob"]
+    for k, s in enumerate(drawn):
+        np.testing.assert_array_equal(
+            masks[..., k], labelme_shape_to_mask((H, W), s["points"], s["shape_type"]),
+            err_msg=s["shape_type"])
     expected = np.zeros((H, W), bool)
-    expected[3:12, 2:10] = True
+    expected[3:13, 2:11] = True  # PIL includes both corners' rows and columns
     np.testing.assert_array_equal(masks[..., 0], expected)
-    assert abs(masks[..., 1].sum() - math.pi * 64) < math.pi * 8
+    assert abs(masks[..., 1].sum() - math.pi * 64) < math.pi * 8 * 2
     expected = np.zeros((H, W), bool)
     expected[41:44, 61:63] = True   # the mask PNG placed at its top-left point (60, 40)
-    np.testing.assert_array_equal(masks[..., 3], expected)
+    np.testing.assert_array_equal(masks[..., 7], expected)
     issues = ds.image_info[0]["issues"]
-    assert sorted(i["kind"] for i in issues) == ["skipped_shape"] * 3
+    assert sorted(i["kind"] for i in issues) == ["converted_shape"] * 3
+    assert all(i["severity"] == "warning" for i in issues)
     assert {i["region"].split(" ")[0] for i in issues} == {"shapes[3]", "shapes[4]", "shapes[5]"}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_rectangles_and_circles_match_labelme(folder, seed):
+    """Rectangles and circles at fractional positions, as labelme draws them."""
+    rng = np.random.default_rng(seed)
+    shapes = []
+    for _ in range(10):
+        x, y = rng.uniform(-5, W + 5), rng.uniform(-5, H + 5)
+        if rng.random() < 0.5:
+            pts = [[x, y], [x + rng.uniform(2, 25) * rng.choice([-1, 1]),
+                            y + rng.uniform(2, 25) * rng.choice([-1, 1])]]
+            shapes.append(shape("r", pts, "rectangle"))
+        else:
+            r = rng.uniform(1.5, 15)
+            t = rng.uniform(0, 2 * math.pi)
+            shapes.append(shape("c", [[x, y], [x + r * math.cos(t), y + r * math.sin(t)]],
+                                "circle"))
+    ds = read(write(folder / "a.json", labelme_doc(shapes)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shapes wholly outside the image are left out
+        masks, _ = ds.load_mask(0)
+    kept = 0
+    for s in shapes:
+        want = labelme_shape_to_mask((H, W), s["points"], s["shape_type"])
+        if want.any():
+            np.testing.assert_array_equal(masks[..., kept], want)
+            kept += 1
+    assert masks.shape[-1] == kept
 
 
 def test_group_id_merges_shapes_of_one_label(folder):
@@ -94,7 +157,8 @@ def test_group_id_merges_shapes_of_one_label(folder):
     ds = read(write(folder / "a.json", doc))
     masks, ids = ds.load_mask(0)
     assert masks.shape[-1] == 3
-    assert masks[..., 0].sum() == 200 and masks[..., 0][5, 5] and masks[..., 0][5, 25]
+    # Two 11 x 11 squares: labelme draws the outline, both edges included.
+    assert masks[..., 0].sum() == 2 * 121 and masks[..., 0][5, 5] and masks[..., 0][5, 25]
     first = ds.image_info[0]["instances"][0]
     assert "shapes[0] + shapes[1]" in first["region"] and "group_id 1" in first["region"]
     assert [ds.class_names[i] for i in ids] == ["person", "person", "dog"]
@@ -160,7 +224,7 @@ def test_old_files_without_shape_type_are_polygons(folder):
     s = shape("a", [[1, 1], [9, 1], [9, 9], [1, 9]])
     del s["shape_type"]
     ds = read(write(folder / "a.json", labelme_doc([s])))
-    assert ds.load_mask(0)[0].sum() == 64
+    assert ds.load_mask(0)[0].sum() == 81  # 9 x 9: labelme draws the outline too
 
 
 @pytest.mark.parametrize("bad,expect", [

@@ -35,8 +35,12 @@ def test_same_images_classes_and_masks_in_both_formats(both):
         j = by_name[info["name"]]
         mv, cv = via.load_mask(k)
         ml, cl = labelme.load_mask(j)
-        assert mv.shape[-1] == 12
-        np.testing.assert_array_equal(mv, ml)
+        assert mv.shape[-1] == 12 == ml.shape[-1]
+        # The same polygons, drawn as each tool draws them (skimage's polygon for VIA,
+        # PIL's filled and outlined polygon for LabelMe): they differ on the boundary.
+        inter = (mv & ml).sum(axis=(0, 1))
+        union = (mv | ml).sum(axis=(0, 1))
+        assert (inter / union).min() > 0.9
         np.testing.assert_array_equal(cv, cl)
         iv, il = via.load_image(k), labelme.load_image(j)
         assert iv.shape == il.shape == mv.shape[:2] + (3,) and iv.dtype == np.uint8

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import skimage.draw
 from PIL import Image
 
 from colabrcnn.data.formats import load_via
@@ -61,42 +62,54 @@ def test_rect_gives_exact_pixel_set(tmp_path, img):
     np.testing.assert_array_equal(masks[..., 0], expected)
 
 
-def test_polygon_with_integer_corners_exact(tmp_path, img):
-    # An L-shape: pixels whose centres are inside.
+def test_polygon_drawn_as_the_balloon_sample_draws_it(tmp_path, img):
+    """matterport's balloon sample: skimage.draw.polygon(all_points_y, all_points_x),
+    pixel centres on integer coordinates, so an integer-cornered L covers its corners."""
     xs, ys = [10, 30, 30, 20, 20, 10], [10, 10, 20, 20, 40, 40]
     ds = read(tmp_path, via2_export([region({"name": "polygon", "all_points_x": xs,
                                              "all_points_y": ys})]))
     m = ds.load_mask(0)[0][..., 0]
-    expected = np.zeros((H, W), bool)
-    expected[10:20, 10:30] = True
-    expected[20:40, 10:20] = True
-    np.testing.assert_array_equal(m, expected)
+    reference = np.zeros((H, W), bool)
+    rr, cc = skimage.draw.polygon(ys, xs)  # exactly the balloon sample's call
+    reference[rr, cc] = True
+    np.testing.assert_array_equal(m, reference)
+    # Every pixel whose centre lies strictly inside is covered, none beyond the edges.
+    expected_inner = np.zeros((H, W), bool)
+    expected_inner[11:20, 11:30] = True
+    expected_inner[20:40, 11:20] = True
+    assert m[expected_inner].all() and not m[:, 31:].any() and not m[41:].any()
+    assert not m[:10].any() and not m[:, :10].any()
 
 
 @pytest.mark.parametrize("r", [3, 8, 20])
-def test_circle_area_close_to_pi_r2(tmp_path, img, r):
+def test_circle_as_skimage_draws_it(tmp_path, img, r):
     ds = read(tmp_path, via2_export([region({"name": "circle", "cx": 40, "cy": 30, "r": r})]))
     m = ds.load_mask(0)[0][..., 0]
-    # Pixel centres (c + 0.5, r + 0.5) inside the circle: the documented convention.
-    yy, xx = np.mgrid[0:H, 0:W] + 0.5
-    centres = ((xx - 40) ** 2 + (yy - 30) ** 2) < r * r
-    assert (m != centres).sum() <= max(2, 0.03 * centres.sum())
-    assert abs(m.sum() - math.pi * r * r) <= math.pi * r  # lattice error ~ perimeter / 2
+    reference = np.zeros((H, W), bool)
+    reference[skimage.draw.disk((30, 40), r, shape=(H, W))] = True
+    np.testing.assert_array_equal(m, reference)
+    # Pixel centres on integer coordinates: symmetric about the centre pixel.
     ys, xs = np.nonzero(m)
-    assert abs(xs.mean() + 0.5 - 40) < 0.5 and abs(ys.mean() + 0.5 - 30) < 0.5
+    assert xs.mean() == 40 and ys.mean() == 30
+    assert abs(m.sum() - math.pi * r * r) <= math.pi * r  # lattice error ~ perimeter / 2
 
 
 def test_ellipse_with_and_without_theta(tmp_path, img):
     shapes = [{"name": "ellipse", "cx": 40, "cy": 30, "rx": 20, "ry": 8},
-              {"name": "ellipse", "cx": 40, "cy": 30, "rx": 20, "ry": 8, "theta": math.pi / 2}]
+              {"name": "ellipse", "cx": 40, "cy": 30, "rx": 20, "ry": 8, "theta": math.pi / 2},
+              {"name": "ellipse", "cx": 40, "cy": 30, "rx": 20, "ry": 8, "theta": 0.5}]
     ds = read(tmp_path, via2_export([region(s) for s in shapes]))
     masks, _ = ds.load_mask(0)
-    for k in range(2):
+    for k in range(3):
         assert abs(masks[..., k].sum() - math.pi * 160) < 0.04 * math.pi * 160
     ys, xs = np.nonzero(masks[..., 0])
-    assert xs.max() - xs.min() + 1 in (40, 41) and ys.max() - ys.min() + 1 in (16, 17)
+    assert xs.max() - xs.min() + 1 == 39 and ys.max() - ys.min() + 1 == 15
     ys, xs = np.nonzero(masks[..., 1])  # rotated a quarter turn: tall, narrow
     assert ys.max() - ys.min() + 1 >= 39 and xs.max() - xs.min() + 1 <= 17
+    # theta turns clockwise on screen (y down), as VIA draws it: the long axis runs
+    # from top-left to bottom-right for a small positive theta.
+    ys, xs = np.nonzero(masks[..., 2])
+    assert np.corrcoef(xs, ys)[0, 1] > 0.5
 
 
 def test_polyline_closed_and_point_skipped_and_counted(tmp_path, img):
@@ -107,7 +120,7 @@ def test_polyline_closed_and_point_skipped_and_counted(tmp_path, img):
     ]))
     masks, _ = ds.load_mask(0)
     assert masks.shape[-1] == 1
-    assert masks[..., 0].sum() == 20 * 10
+    assert masks[..., 0].sum() == 21 * 11  # integer pixel centres: both edges included
     kinds = {s["kind"]: s for s in ds.image_info[0]["issues"]}
     assert kinds["skipped_shape"]["severity"] == "warning"
     assert "regions[1]" in kinds["skipped_shape"]["region"]

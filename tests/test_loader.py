@@ -12,7 +12,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from colabrcnn import Config, utils  # noqa: E402
+from colabrcnn import utils  # noqa: E402
 from colabrcnn.data import Dataset, load  # noqa: E402
 from colabrcnn.data.augment import augmentation_callable, default_augmentation  # noqa: E402
 from colabrcnn.data.formats import AnnotatedDataset  # noqa: E402
@@ -21,19 +21,13 @@ from colabrcnn.data.loader import DataGenerator  # noqa: E402
 from colabrcnn.data.sample import (INPUT_NAMES, SampleBuilder,  # noqa: E402
                                    build_training_sample, pack_masks)
 from colabrcnn.errors import AnnotationError  # noqa: E402
+from tiny_model import tiny_config  # noqa: E402
 
 
-class SmallConfig(Config):
-    NAME = "loader_test"
-    NUM_CLASSES = 1 + 3
-    BACKBONE = "resnet18"
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 128
-    IMAGES_PER_GPU = 2
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
-    MAX_GT_INSTANCES = 6
-    TOP_DOWN_PYRAMID_SIZE = 64
+def small_config(**overrides):
+    """The shared tiny config with images scaled to 64..128 px (so the loader resizes and
+    pads, not only pads) and at most 6 instances."""
+    return tiny_config(128, **{"IMAGE_MIN_DIM": 64, "MAX_GT_INSTANCES": 6, **overrides})
 
 
 # ------------------------------------------------------------------------- datasets
@@ -85,7 +79,7 @@ def jpeg_dataset(path):
     return ds
 
 
-PH, PW = 96, 128  # position images: no resize at SmallConfig's scale
+PH, PW = 96, 128  # position images: no resize at small_config's scale
 
 
 def position_image():
@@ -169,13 +163,13 @@ def batches_equal(a, b):
 def model_inputs():
     from colabrcnn import MaskRCNN
     import tempfile
-    model = MaskRCNN("training", SmallConfig(), tempfile.mkdtemp())
+    model = MaskRCNN("training", small_config(), tempfile.mkdtemp())
     return {i.name: (tuple(i.shape[1:]), str(i.dtype)) for i in model.keras_model.inputs}
 
 
 @pytest.mark.parametrize("mini", [True, False])
 def test_batch_shapes_and_dtypes_match_the_model(model_inputs, jpeg_path, mini):
-    config = SmallConfig(USE_MINI_MASK=mini)
+    config = small_config(USE_MINI_MASK=mini)
     gen = DataGenerator(jpeg_dataset(jpeg_path), config, seed=0,
                         augmentation=default_augmentation("medium", seed=0))
     batch = gen[0]
@@ -189,7 +183,7 @@ def test_batch_shapes_and_dtypes_match_the_model(model_inputs, jpeg_path, mini):
 
 
 def test_images_without_instances_are_allowed(jpeg_path):
-    config = SmallConfig()
+    config = small_config()
     ds = jpeg_dataset(jpeg_path)
     assert ds.load_mask(0)[0].shape[-1] == 0
     s = build_training_sample(ds, config, 0, None, np.random.default_rng(0))
@@ -203,7 +197,7 @@ def test_images_without_instances_are_allowed(jpeg_path):
 @pytest.mark.parametrize("kind", ["ram", "disk"])
 @pytest.mark.parametrize("augment", [False, True])
 def test_cache_gives_identical_batches_and_skips_decoding(jpeg_path, tmp_path, kind, augment):
-    config = SmallConfig()
+    config = small_config()
 
     def run(cache):
         aug = default_augmentation("medium", seed=0) if augment else None
@@ -225,7 +219,7 @@ def test_cache_gives_identical_batches_and_skips_decoding(jpeg_path, tmp_path, k
 
 def test_disk_cache_survives_a_new_generator_and_rebuilds_damaged_files(jpeg_path,
                                                                         tmp_path):
-    config = SmallConfig()
+    config = small_config()
     folder = str(tmp_path / "cache")
 
     def epoch():
@@ -264,7 +258,7 @@ def test_disk_cache_survives_a_new_generator_and_rebuilds_damaged_files(jpeg_pat
 
 def test_disk_cache_key_follows_the_annotations(jpeg_path, tmp_path):
     """Editing an image's instances gives a new cache entry, not stale masks."""
-    config = SmallConfig()
+    config = small_config()
     cache = DiskCache(str(tmp_path / "c"))
     ds = jpeg_dataset(jpeg_path)
     SampleBuilder(ds, config, cache=cache).build(2, np.random.default_rng(0))
@@ -291,7 +285,7 @@ def consume(gen, epochs=2):
 @pytest.mark.parametrize("multiprocessing,cache", [(False, None), (True, None),
                                                    (True, "ram")])
 def test_workers_give_the_same_batches_as_one_process(jpeg_path, multiprocessing, cache):
-    config = SmallConfig()
+    config = small_config()
     aug = default_augmentation("medium", seed=5)
 
     def gen(**kw):
@@ -323,7 +317,7 @@ def test_workers_give_the_same_batches_as_one_process(jpeg_path, multiprocessing
 def test_albumentations_keeps_masks_aligned(aug, mini):
     originals = three_instances()
     ds = PositionDataset([originals])
-    config = SmallConfig(USE_MINI_MASK=mini)
+    config = small_config(USE_MINI_MASK=mini)
     builder = SampleBuilder(ds, config, aug)
     assert builder.augmenter.packed  # these pipelines take the bit-packed path
     unpacked = SampleBuilder(ds, config, aug)
@@ -339,7 +333,7 @@ def test_albumentations_keeps_masks_aligned(aug, mini):
 def test_vanished_instances_are_removed_consistently():
     originals = three_instances()
     ds = PositionDataset([originals])
-    config = SmallConfig(USE_MINI_MASK=False)
+    config = small_config(USE_MINI_MASK=False)
     shift = A.Compose([A.Affine(translate_px={"x": 30, "y": 0}, interpolation=cv2.INTER_NEAREST,
                                 p=1)], seed=0)  # pushes the right-hand rectangle out
     s = build_training_sample(ds, config, 0, shift, np.random.default_rng(0))
@@ -350,7 +344,7 @@ def test_vanished_instances_are_removed_consistently():
 def test_plain_callable_and_rng_argument():
     originals = three_instances()
     ds = PositionDataset([originals])
-    config = SmallConfig(USE_MINI_MASK=False)
+    config = small_config(USE_MINI_MASK=False)
     seen = []
 
     def flip(image, masks, class_ids, rng):
@@ -366,7 +360,7 @@ def test_plain_callable_and_rng_argument():
 def test_no_augmentation_sources():
     inst = three_instances()
     ds = PositionDataset([inst, inst], sources=["pos", "other"])
-    config = SmallConfig()
+    config = small_config()
     flip = A.Compose([A.HorizontalFlip(p=1)], seed=0)
     plain = SampleBuilder(ds, config, None)
     builder = SampleBuilder(ds, config, flip, no_augmentation_sources=["other"])
@@ -379,7 +373,7 @@ def test_more_instances_than_max_gt_gives_a_consistent_subset():
     originals = [(1 + k % 3, rect(8 + 20 * (k // 4), 6 + 30 * (k % 4), 20 + 20 * (k // 4),
                                   26 + 30 * (k % 4))) for k in range(12)]
     ds = PositionDataset([originals])
-    config = SmallConfig(USE_MINI_MASK=False, MAX_GT_INSTANCES=5)
+    config = small_config(USE_MINI_MASK=False, MAX_GT_INSTANCES=5)
     chosen = set()
     for seed in range(3):
         s = build_training_sample(ds, config, 0, None, np.random.default_rng(seed))
@@ -388,14 +382,14 @@ def test_more_instances_than_max_gt_gives_a_consistent_subset():
         # The RPN still sees every instance: 12 boxes' best anchors are positives.
         assert (s["input_rpn_match"] == 1).sum() >= 12
     assert len(chosen) > 1  # a different subset on different draws
-    mini = build_training_sample(ds, SmallConfig(MAX_GT_INSTANCES=5), 0)
+    mini = build_training_sample(ds, small_config(MAX_GT_INSTANCES=5), 0)
     assert mini["input_gt_masks"].shape[-1] == 5 and mini["input_gt_masks"].any(axis=(0, 1)).all()
 
 
 def test_crop_mode_cuts_instances_consistently():
     originals = three_instances()
     ds = PositionDataset([originals])
-    config = SmallConfig(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=64, USE_MINI_MASK=False)
+    config = small_config(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=64, USE_MINI_MASK=False)
     for seed in range(6):
         s = build_training_sample(ds, config, 0, None, np.random.default_rng(seed))
         assert s["input_image"].shape == (64, 64, 3)
@@ -415,23 +409,23 @@ def test_errors_name_the_image(tmp_path):
     ds.image_info[0]["path"] = "pictures/first.jpg"
     ds.image_info[1]["path"] = "pictures/second.jpg"
     with pytest.raises(AnnotationError, match="first.jpg.*masks of shape"):
-        DataGenerator(ds, SmallConfig(), shuffle=False)[0]
+        DataGenerator(ds, small_config(), shuffle=False)[0]
     with pytest.raises(AnnotationError, match="second.jpg.*disk on fire") as e:
-        build_training_sample(ds, SmallConfig(), 1)
+        build_training_sample(ds, small_config(), 1)
     assert isinstance(e.value.__cause__, RuntimeError)
     missing = write_jpeg_dataset(str(tmp_path / "m"), count=2)
     os.remove(os.path.join(os.path.dirname(missing), "im1.jpg"))
     with pytest.raises(AnnotationError, match="im1.jpg"):
-        build_training_sample(load(missing), SmallConfig(), 1)
+        build_training_sample(load(missing), small_config(), 1)
     with pytest.raises(ValueError, match="cache"):
-        DataGenerator(ds, SmallConfig(), cache="gpu")
+        DataGenerator(ds, small_config(), cache="gpu")
     with pytest.raises(ValueError, match="cache object"):
-        build_training_sample(ds, SmallConfig(), 0, cache="ram")
+        build_training_sample(ds, small_config(), 0, cache="ram")
 
 
 def test_old_positional_api():
     ds = PositionDataset([three_instances()] * 3)
-    config = SmallConfig()
+    config = small_config()
     gen = DataGenerator(ds, config, False, None, 0, 4)
     assert len(gen) == 4 and gen[3]["input_image"].shape[0] == 2
     s = build_training_sample(ds, config, 0, None, np.random.default_rng(0))
@@ -480,7 +474,7 @@ def reference_rpn_targets(anchors, gt_class_ids, gt_boxes, config, rng):
 @pytest.mark.parametrize("dim", [64, 128])
 def test_fast_rpn_targets_equal_the_full_iou_reference(dim):
     rng = np.random.default_rng(dim)
-    config = SmallConfig(IMAGE_MAX_DIM=dim, IMAGE_MIN_DIM=dim)
+    config = small_config(IMAGE_MAX_DIM=dim, IMAGE_MIN_DIM=dim)
     grid = utils.get_anchors(config)
     jittered = (grid + rng.normal(0, 2, grid.shape)).astype(np.float32)  # not a grid
     for anchors in (grid, jittered):
@@ -529,7 +523,7 @@ def test_load_image_gt_and_loader_match_the_numpy_reference(jpeg_path):
     loader's samples equal resize_image/resize_mask/extract_bboxes's result."""
     ds = jpeg_dataset(jpeg_path)
     for mode in ("square", "pad64", "crop"):
-        config = SmallConfig(IMAGE_RESIZE_MODE=mode,
+        config = small_config(IMAGE_RESIZE_MODE=mode,
                              IMAGE_MAX_DIM=256 if mode == "pad64" else 128)
         for image_id in ds.image_ids:
             want = reference_load_image_gt(ds, config, image_id,
@@ -560,7 +554,7 @@ def test_load_image_gt_and_loader_match_the_numpy_reference(jpeg_path):
 def test_load_image_gt_augment_flag_flips_like_matterport(jpeg_path):
     """augment=True flips left/right half of the time, masks and boxes with the image."""
     ds = jpeg_dataset(jpeg_path)
-    config = SmallConfig()
+    config = small_config()
     plain = utils.load_image_gt(ds, config, 3)
     flips = 0
     for seed in range(8):

@@ -66,7 +66,7 @@ def messy(tmp_path):
             rect(100, 100, 5, 5),                                 # outside (error)
             poly([1, 5], [1, 5]),                                 # degenerate (error)
             rect(3, 3, 0, 4),                                     # zero width (error)
-            poly([10, 10.3, 10.1], [10, 10, 10.2]),               # covers no pixel (error)
+            poly([10.2, 10.5, 10.3], [10.2, 10.2, 10.4]),         # covers no pixel (error)
             {"shape_attributes": {"name": "point", "cx": 1, "cy": 1},
              "region_attributes": {"class": "box"}},              # skipped (warning)
             {"shape_attributes": {"name": "rect", "x": 1, "y": 1, "width": 3, "height": 3},

@@ -165,3 +165,113 @@ def test_plot_per_class_ap_one_bar_per_class_and_type(tmp_path):
     assert sorted(round(b.get_height(), 2) for b in bars) == [0, 0, 0.4, 0.5, 0.9, 1.0]
     assert [t.get_text() for t in ax.texts].count("n/a") == 2
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+
+
+# ------------------------------------------------------------ matterport's inspection
+def test_random_colors_are_distinct_unit_rgb_and_follow_random_seed():
+    import random
+    random.seed(3)
+    a = visualize.random_colors(5)
+    random.seed(3)
+    assert visualize.random_colors(5) == a
+    assert len(set(a)) == 5 and all(0 <= c <= 1 for rgb in a for c in rgb)
+    assert {max(rgb) for rgb in visualize.random_colors(4, bright=False)} == {0.7}
+
+
+def test_draw_box_outlines_two_pixels_in_place():
+    image = np.zeros((40, 40, 3), np.uint8)
+    out = visualize.draw_box(image, np.array([10, 5, 30, 25]), (255, 0, 0))
+    assert out is image
+    red = image[..., 0] == 255
+    assert red[10, 15] and red[30, 15] and red[20, 5] and red[20, 25]   # the four sides
+    assert not red[20, 15] and not red[5, 5] and not red[35, 35]       # inside / outside
+    assert (image[..., 1:] == 0).all()
+
+
+def test_draw_boxes_draws_boxes_refinements_captions_and_masks():
+    image, boxes, masks, ids, scores = scene()
+    refined = boxes + 2
+    fig, ax = plt.subplots()
+    got = visualize.draw_boxes(image, boxes=boxes, refined_boxes=refined, masks=masks,
+                               captions=["one", "two"], visibilities=[2, 0], title="t",
+                               ax=ax)
+    assert got is ax and ax.get_title() == "t"
+    rects = [p for p in ax.patches if isinstance(p, Rectangle)]
+    # Box 0: dashed box + refined box; box 1 (visibility 0): its box only, grey.
+    assert len(rects) == 3 and len(ax.lines) == 1
+    assert len([p for p in ax.patches if isinstance(p, Polygon)]) == 2
+    np.testing.assert_allclose(rects[2].get_edgecolor()[:3], [0.502, 0.502, 0.502],
+                               atol=1e-3)
+    # The first caption sits on its refined box, the second on its box.
+    assert [(t.get_text(), t.get_position()) for t in ax.texts] == \
+        [("one", (12, 12)), ("two", (40, 35))]
+    shown = ax.images[0].get_array()
+    assert (shown[~masks.any(-1)] == image[~masks.any(-1)]).all()
+    assert (shown[masks[..., 0]] != image[masks[..., 0]]).any()
+    with pytest.raises(ValueError):
+        visualize.draw_boxes(image)
+
+
+def test_draw_rois_shows_positive_refinements_and_prints_the_ratio(capsys):
+    np.random.seed(0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    rois = np.array([[4, 4, 20, 20], [30, 30, 60, 60], [0, 0, 10, 10]])
+    refined = rois + 1
+    mask = np.ones((3, 14, 14), np.float32)
+    ax = visualize.draw_rois(image, rois, refined, mask, np.array([1, 0, 2]),
+                             NAMES, limit=10)
+    rects = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(rects) == 5 and len(ax.lines) == 2        # 3 ROIs + 2 refined
+    assert sorted(t.get_text() for t in ax.texts) == ["circle", "square"]
+    out = capsys.readouterr().out
+    assert "Positive ROIs:  2" in out and "Negative ROIs:  1" in out and "0.67" in out
+    assert ax.get_title() == "3 ROIs"
+    ax = visualize.draw_rois(image, rois, refined, mask, np.array([1, 0, 2]), NAMES,
+                             limit=2)
+    assert ax.get_title() == "Showing 2 random ROIs out of 3"
+
+
+def test_precision_recall_and_overlap_plots():
+    ax = visualize.plot_precision_recall(0.75, np.array([1, 1, 0.5]), np.array([0, .5, 1]))
+    assert ax.get_title() == "Precision-Recall Curve. AP@50 = 0.750"
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [0, .5, 1])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [1, 1, .5])
+
+    overlaps = np.array([[0.8, 0.1], [0.7, 0.0]])
+    fig = visualize.plot_overlaps(np.array([1, 2]), np.array([1, 2]), np.array([.9, .6]),
+                                  overlaps, NAMES)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.800\nmatch", "0.100\n", "0.700\nwrong",
+                                                "0.000\n"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["square (0.90)",
+                                                            "circle (0.60)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["square", "circle"]
+
+
+def test_display_table_prints_headless_and_returns_html(capsys):
+    markup = visualize.display_table([["NAME", "SHAPE"], ["w", (2, 3)]])
+    assert markup.startswith("<table><tr><td>NAME") and markup.count("<tr>") == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "SHAPE"] and lines[1].split() == ["w", "(2,", "3)"]
+
+
+def test_display_weight_stats_flags_dead_weights_but_not_conv_biases(capsys):
+    import keras
+
+    conv = keras.layers.Conv2D(2, 1, name="conv")
+    conv.build((None, 4, 4, 3))
+    dense = keras.layers.Dense(2, kernel_initializer="zeros", name="dense")
+    dense.build((None, 3))
+
+    class Model:
+        def get_trainable_layers(self):
+            return [conv, dense]
+
+    table = visualize.display_weight_stats(Model())
+    assert table[0] == ["WEIGHT NAME", "SHAPE", "MIN", "MAX", "STD"]
+    names = [row[0] for row in table[1:]]
+    assert len(names) == 4
+    assert "dead?" not in names[0] and "dead?" not in names[1]   # conv kernel, conv bias
+    assert "dead?" in names[2] and "dead?" in names[3]           # zero dense kernel, bias
+    assert table[1][1] == "(1, 1, 3, 2)"
+    assert "WEIGHT NAME" in capsys.readouterr().out

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from colabrcnn import Config, MaskRCNN, weights
-from colabrcnn.demo import ShapesConfig
 from colabrcnn.errors import WeightsError
+from tiny_model import TinyConfig
 
 
 class Coco(Config):
@@ -30,10 +30,6 @@ class Coco(Config):
     RPN_TRAIN_ANCHORS_PER_IMAGE = 64
     MAX_GT_INSTANCES = 4
     DETECTION_MAX_INSTANCES = 8
-
-
-class Tiny(ShapesConfig):
-    NAME = "tiny"
 
 
 def _enc(names, as_str):
@@ -190,7 +186,7 @@ def test_coco_into_new_class_count_with_exclude(coco_file, tmp_path):
 # -------------------------------------------------------------- small variants
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return MaskRCNN("inference", Tiny(), str(tmp_path_factory.mktemp("tiny")))
+    return MaskRCNN("inference", TinyConfig(), str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.mark.parametrize("variant", [
@@ -225,7 +221,7 @@ def test_exclude_takes_names_and_regexes(tiny, tmp_path):
 
 
 def test_our_own_checkpoint_round_trip_and_report(tiny, tmp_path, capsys):
-    other = MaskRCNN("training", Tiny(), str(tmp_path))
+    other = MaskRCNN("training", TinyConfig(), str(tmp_path))
     for w in other.keras_model.weights:
         w.assign(np.random.default_rng(3).standard_normal(tuple(w.shape)).astype(w.dtype))
     path = other.save_weights(str(tmp_path / "ours.h5"))
@@ -404,9 +400,13 @@ def test_unsupported_layouts_say_what_to_do(tmp_path, tiny):
     with pytest.raises(WeightsError, match="ResNet V2"):
         tiny.load_weights(v2, by_name=True)
     own = str(tmp_path / "own.weights.h5")
-    tiny.keras_model.save_weights(own)  # Keras 3 layout of a non-application model
+    tiny.keras_model.save_weights(own)  # by layer name, whatever the suffix (issue 14)
+    assert tiny.load_weights(own, by_name=True)["loaded"]
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    positional = str(tmp_path / "other.weights.h5")
+    other.save_weights(positional)  # Keras 3 layout of an unrelated model
     with pytest.raises(WeightsError, match="by position"):
-        tiny.load_weights(own, by_name=True)
+        tiny.load_weights(positional, by_name=True)
 
 
 def test_get_imagenet_weights_picks_the_backbone_file(r50, monkeypatch):

@@ -8,9 +8,9 @@ module and register it::
 
     SUBCOMMANDS["train"] = Subcommand(train.HELP, train.add_arguments, train.run)
 
-Subcommand modules import Keras, the model and the data readers inside ``run``, so
-that ``colabrcnn --help`` and ``colabrcnn doctor`` stay fast and keep working when
-Keras is broken.
+Subcommand modules import Keras and the model only inside ``run`` (everything else they
+import is Keras-free), so that ``colabrcnn --help`` and ``colabrcnn doctor`` stay fast
+and keep working when Keras is broken.
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ import argparse
 import json
 import warnings
 
+from ..data.convert import to_coco
+from ..data.formats import load
+from ..data.validate import validate
 from .validate import add_loader_arguments, loader_kwargs
 
 HELP = "convert annotations (to COCO JSON)"
@@ -23,10 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``colabrcnn convert``: write the file, say what was written and what was lost."""
-    # Lazy: the annotation readers import the image libraries; --help stays fast.
-    from ..data.convert import to_coco
-    from ..data.formats import load
-    from ..data.validate import validate
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         ds = load(args.path, **loader_kwargs(args))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..demo import run_demo
+
 HELP = "train a small model on synthetic shapes, then detect and save pictures"
 
 
@@ -17,7 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo  # lazy: imports Keras and the model
     run_demo(out_dir=args.out, epochs=args.epochs, train_images=args.train_images,
              val_images=args.val_images, seed=args.seed)
     return 0

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..data.formats import load
+from ..data.shapes import shapes
+from ..evaluate import evaluate_model
 from .inference import add_model_arguments, load_model
 
 HELP = ("COCO metrics, per-class AP chart and an HTML error browser for a model on "
@@ -35,18 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluation_dataset(args, config):
-    # Lazy: the data readers import the image libraries; --help stays fast.
     if args.shapes:
-        from ..data.shapes import shapes
         size = int(config.IMAGE_MAX_DIM)
         return shapes(args.shapes, size, seed=args.seed)
-    from ..data.formats import load
     kw = {"image_dir": args.image_dir} if args.image_dir else {}
     return load(args.annotations, **kw)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_model  # lazy: imports Keras
     os.makedirs(args.out, exist_ok=True)
     model = load_model(args)
     dataset = _evaluation_dataset(args, model.config)

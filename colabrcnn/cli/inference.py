@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoint import load_inference
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--weights, --config, --batch-size, --min-score (evaluate and predict)."""
@@ -23,5 +25,4 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     """The inference model named by --weights/--config."""
-    from ..checkpoint import load_inference  # lazy: keeps the CLI light at import time
     return load_inference(args.weights, args.config, model_dir=args.out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..predict import predict_folder, predict_video
 from .inference import add_model_arguments, load_model
 
 HELP = ("detect on a folder of images (overlays, mask PNGs, COCO JSON) or a video")
@@ -36,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import predict_folder, predict_video  # lazy: imports Keras
     class_names = None
     if args.classes:
         class_names = ["BG"] + [c.strip() for c in args.classes.split(",") if c.strip()]

@@ -21,6 +21,11 @@ import re
 
 from .. import memory, notebook, weights
 from ..config import Config
+from ..data.augment import default_augmentation
+from ..data.formats import load
+from ..data.shapes import shapes
+from ..data.split import train_val_split
+from ..demo import ShapesConfig, scratch_optimizer
 from ..errors import ConfigError
 
 HELP = ("train on your annotations (or the built-in shapes): MaskRCNN.train on the "
@@ -170,17 +175,12 @@ def _data_name(path):
 
 # --------------------------------------------------------------------- data
 def _load(path, image_dir):
-    from ..data.formats import load  # lazy: the readers import the image libraries
     kw = {"image_dir": image_dir} if image_dir else {}
     return load(path, **kw)
 
 
 def _datasets(args, overrides):
     """-> (train, val, base_config, default_name, from_shapes)."""
-    # Lazy: the data modules import the image libraries, demo imports Keras.
-    from ..data.shapes import shapes
-    from ..data.split import train_val_split
-    from ..demo import ShapesConfig
     if args.annotations:
         train = _load(args.annotations, args.image_dir)
         if args.val_annotations:
@@ -255,7 +255,7 @@ def _has_checkpoint(model):
 def run(args):
     import keras  # lazy: Keras and the model load only when training
 
-    from ..model.maskrcnn import MaskRCNN
+    from ..model.maskrcnn import MaskRCNN  # lazy: imports Keras
 
     verbose = 2 if args.quiet else 1
     if args.seed is not None:
@@ -302,12 +302,10 @@ def run(args):
     optimizer = None
     learning_rate = args.lr if args.lr is not None else config.LEARNING_RATE
     if from_shapes and args.lr is None and not pretrained:
-        from ..demo import scratch_optimizer  # lazy: Keras
         learning_rate = 0.001
         optimizer = scratch_optimizer(config, learning_rate, max(1, epochs))
     augmentation = None
     if args.augment != "none":
-        from ..data.augment import default_augmentation  # lazy: albumentations
         augmentation = default_augmentation(args.augment, seed=args.seed)
 
     model.train(train, val, learning_rate=learning_rate, epochs=epochs, layers=layers,

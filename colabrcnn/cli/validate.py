@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from ..data.formats import load
+from ..data.validate import validate
+
 HELP = "check annotations and images; list every problem"
 
 
@@ -45,9 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``colabrcnn validate``: print the report; exit status 1 when data would be lost."""
-    # Lazy: the annotation readers import the image libraries; --help stays fast.
-    from ..data.formats import load
-    from ..data.validate import validate
     with warnings.catch_warnings():
         # The report lists everything the readers would warn about, with places.
         warnings.simplefilter("ignore", UserWarning)

@@ -14,15 +14,35 @@ Seeding: albumentations 2 draws from the pipeline's own generator, set by
 ``pipeline.set_random_seed(s)``; the same seed gives the same sequence of results.
 Data-loading workers that share a pipeline should each call ``set_random_seed`` with a
 different seed, or they repeat each other's augmentations.
+
+The training loader (:class:`Augmenter`, used by ``colabrcnn/data/sample.py``)
+------------------------------------------------------------------------------
+``augmentation`` is None, an albumentations transform/Compose, the callable of
+:func:`augmentation_callable` (unwrapped to its pipeline), or any
+``callable(image, masks, class_ids)`` returning the same three (it also gets ``rng=``, a
+numpy Generator, if it takes that argument). albumentations pipelines are re-seeded for
+every sample from the sample's seed, each thread using its own copy, so batches are the
+same for a given ``seed`` whatever ``workers``/``use_multiprocessing`` are. For
+pipelines made of transforms that only move pixels (flips, rotations, affine, crops,
+resizes, pads with nearest-neighbour masks and a zero mask fill, and colour transforms)
+the instance masks travel bit-packed, eight per channel, which is exact and several times
+faster; other pipelines get one mask per instance. Instances that vanish (cropped or
+rotated out) are removed from boxes, masks and class ids together; images whose
+instances all vanished, or that had none, are kept (they teach background).
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import os
+import random
+import threading
 
 import cv2
 import numpy as np
 
 from ..errors import AnnotationError
+from .decode import bit_planes, full_masks, pack_masks
 
 LEVELS = ("none", "light", "medium")
 
@@ -118,7 +138,7 @@ class AugmentationCallable:
     (None passes through) and dropping instances under ``min_area`` pixels.
 
     Picklable with its pipeline, so it travels to data-loading worker processes; the
-    loader (``colabrcnn/data/sample.py``) unwraps it to move bit-packed masks.
+    loader's :class:`Augmenter` unwraps it to move bit-packed masks.
     """
 
     def __init__(self, pipeline, min_area=1):
@@ -191,3 +211,101 @@ def keeps_packed_masks(transform):
         if fill is not None and np.any(np.asarray(fill) != 0):
             return False
     return True
+
+
+class Augmenter:
+    """Applies one of the accepted augmentation forms to a compact sample.
+
+    Picklable (worker processes get their own copy); each thread deep-copies an
+    albumentations pipeline once, then re-seeds it per sample.
+    """
+
+    def __init__(self, augmentation):
+        self.kind = None
+        self.pipeline = None
+        self.fn = None
+        self.min_area = 1
+        self.packed = False
+        self.pass_rng = False
+        if augmentation is None:
+            pass
+        elif isinstance(augmentation, AugmentationCallable):
+            self.pipeline, self.min_area = augmentation.pipeline, augmentation.min_area
+            self.kind = None if self.pipeline is None else "pipeline"
+        elif is_albumentations(augmentation):
+            self.pipeline, self.kind = augmentation, "pipeline"
+        elif callable(augmentation):
+            self.fn, self.kind = augmentation, "callable"
+            try:
+                self.pass_rng = "rng" in inspect.signature(augmentation).parameters
+            except (TypeError, ValueError):
+                self.pass_rng = False
+        else:
+            raise TypeError("augmentation must be an albumentations transform or Compose, "
+                            "a callable(image, masks, class_ids) or None, got "
+                            f"{type(augmentation).__name__}")
+        if self.kind == "pipeline":
+            self.packed = is_albumentations(self.pipeline) and keeps_packed_masks(self.pipeline)
+        self._local = threading.local()
+
+    def __bool__(self):
+        return self.kind is not None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _thread_pipeline(self):
+        p = getattr(self._local, "pipeline", None)
+        if p is None:
+            try:
+                p = copy.deepcopy(self.pipeline)
+            except Exception:  # pragma: no cover - an uncopyable custom transform
+                p = self.pipeline
+            self._local.pipeline = p
+        return p
+
+    def __call__(self, image, boxes, crops, class_ids, rng):
+        """Augment a compact sample -> (image, planes [P, H, W] uint8, class_ids, n)."""
+        seed = int(rng.integers(0, 2 ** 32))
+        shape = image.shape
+        n = len(crops)
+        if self.kind == "pipeline":
+            p = self._thread_pipeline()
+            if hasattr(p, "set_random_seed"):
+                p.set_random_seed(seed)
+            else:  # albumentations 1.x draws from the global generators
+                random.seed(seed)
+                np.random.seed(seed)
+            if self.packed or n == 0:
+                planes = bit_planes(shape, boxes, crops)
+                data = {"image": np.array(image)}
+                if n:
+                    data["masks"] = list(planes)
+                out = call_pipeline(p, **data)
+                img = np.asarray(out["image"])
+                planes = (np.stack([np.asarray(m, np.uint8) for m in out["masks"]])
+                          if n else np.zeros((0,) + img.shape[:2], np.uint8))
+                return img, planes, class_ids, n
+            img, masks, ids = apply_augmentation(p, np.array(image),
+                                                 full_masks(shape, boxes, crops),
+                                                 class_ids, min_area=0)
+        else:
+            args = (np.array(image), full_masks(shape, boxes, crops), class_ids.copy())
+            out = self.fn(*args, rng=rng) if self.pass_rng else self.fn(*args)
+            if not isinstance(out, (tuple, list)) or len(out) != 3:
+                raise TypeError("an augmentation callable must return (image, masks, "
+                                "class_ids)")
+            img, masks, ids = (np.asarray(v) for v in out)
+        ids = np.asarray(ids).reshape(-1)
+        if masks.ndim != 3 or masks.shape[2] != ids.shape[0]:
+            raise AnnotationError(f"the augmentation returned masks of shape {masks.shape} "
+                                  f"with {ids.shape[0]} class ids")
+        planes = (np.ascontiguousarray(pack_masks(masks).transpose(2, 0, 1))
+                  if ids.size else np.zeros((0,) + masks.shape[:2], np.uint8))
+        return img, planes, ids.astype(np.int32), int(ids.shape[0])

@@ -33,7 +33,7 @@ import weakref
 
 import numpy as np
 
-from .sample import CACHE_VERSION, DecodedSample
+from .decode import CACHE_VERSION, DecodedSample
 
 CACHE_KINDS = ("ram", "disk")
 _GB = 1024 ** 3

@@ -4,8 +4,12 @@
     from colabrcnn.data.convert import to_coco
     to_coco(load("balloon/train"), "balloon/train/instances.json")
 
-Polygons (and circles, ellipses and rectangles, already polygons in the records) stay
-polygons, RLE stays RLE, mask images become compressed RLE. ``file_name`` is written
+The masks read back are the masks written: COCO polygons stay polygons, RLE stays RLE,
+mask images become compressed RLE. LabelMe and VIA polygons are drawn with pixel
+centres on integer coordinates (see ``colabrcnn/data/formats/__init__.py``), pycocotools
+with centres at +0.5: such a polygon is written shifted by half a pixel when pycocotools
+then gives exactly the same pixels, else (pixel centres on its edges, LabelMe's outline,
+circles, lines) the instance is written as compressed RLE. ``file_name`` is written
 relative to the JSON's folder, so ``load_coco(out_json)`` and ``pycocotools.COCO`` find
 the images without further arguments; images embedded in LabelMe files are written to
 ``<json folder>/images/`` first.
@@ -20,7 +24,7 @@ import tempfile
 import numpy as np
 
 from ..errors import AnnotationError
-from .formats.geometry import instance_mask
+from .formats.geometry import instance_mask, rasterize_polygons
 
 
 def _image_file(dataset, image_id, info, out_dir):
@@ -64,10 +68,19 @@ def _mask_rle(mask):
 
 
 def _segmentation(inst, mask):
-    """COCO segmentation for one instance record: polygons if it is only polygons."""
-    if inst.get("polygons") and inst.get("rle") is None and inst.get("bitmap") is None:
+    """COCO segmentation for one instance record that pycocotools reads back as ``mask``:
+    polygons where they give exactly its pixels, else RLE."""
+    only_polygons = bool(inst.get("polygons")) and not inst.get("figures") and \
+        inst.get("rle") is None and inst.get("bitmap") is None
+    if only_polygons:
+        parts = [np.asarray(p, np.float64) for p in inst["polygons"] if len(p) >= 3]
+        if inst.get("draw", "coco") != "coco":
+            # Integer pixel centres -> pycocotools' centres at +0.5; kept only if exact.
+            parts = [p + 0.5 for p in parts]
+            if not np.array_equal(rasterize_polygons(parts, *mask.shape, "coco"), mask):
+                return _mask_rle(mask)
         # Full float precision: the same numbers give the same pixels when read back.
-        return [[float(v) for v in p.ravel()] for p in inst["polygons"] if len(p) >= 3]
+        return [[float(v) for v in p.ravel()] for p in parts]
     if inst.get("rle") is not None and not inst.get("polygons") and inst.get("bitmap") is None:
         return {"size": list(inst["rle"]["size"]), "counts": inst["rle"]["counts"]}
     return _mask_rle(mask)

@@ -54,13 +54,34 @@ def to_rgb_uint8(array, source="image"):
     return np.ascontiguousarray(a)
 
 
+def image_read_error(err, label, what="image"):
+    """The AnnotationError for any failure while PIL opens or decodes ``label``.
+
+    PIL signals broken files with many exception types (OSError, SyntaxError,
+    ValueError, struct.error, IndexError, EOFError, ...) and huge headers with
+    ``DecompressionBombError``; every one becomes our error naming the file.
+    """
+    from PIL import Image
+
+    if isinstance(err, FileNotFoundError):
+        return AnnotationError(f"{what} file not found; check the image folder and the "
+                               "file name in the annotations", file=label)
+    if isinstance(err, Image.DecompressionBombError) or isinstance(err, MemoryError):
+        return AnnotationError(
+            f"{what} is too large to decode ({err or 'out of memory'}); a header claiming "
+            "a size this big is usually a damaged or hostile file. If the image is real, "
+            "tile it into smaller images (or raise PIL.Image.MAX_IMAGE_PIXELS)", file=label)
+    return AnnotationError(f"cannot read {what} ({type(err).__name__}: {err}); is it a "
+                           "complete JPEG/PNG/TIFF?", file=label)
+
+
 def read_image(path_or_bytes, name=None):
     """Read an image file (path, bytes or file-like) as H x W x 3 uint8 RGB.
 
     EXIF orientation is applied (phone photos), and grayscale, palette, RGBA, 16-bit
     and CMYK files are converted. An unreadable file raises AnnotationError naming it.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     label = name or (path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike))
                      else "<bytes>")
@@ -70,15 +91,18 @@ def read_image(path_or_bytes, name=None):
         else:
             img = Image.open(path_or_bytes)
         img.load()
-    except FileNotFoundError:
-        raise AnnotationError("image file not found; check the image folder and the "
-                              "file name in the annotations", file=label) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise AnnotationError(f"cannot read image ({e}); is it a complete JPEG/PNG/TIFF?",
-                              file=label) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        img = ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = ImageOps.exif_transpose(img)
+        return _as_rgb(img, label)
+    except AnnotationError:
+        raise
+    except Exception as e:  # any PIL failure on a broken file: see image_read_error
+        raise image_read_error(e, label) from None
+
+
+def _as_rgb(img, label):
+    """A loaded PIL image as H x W x 3 uint8 RGB."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return to_rgb_uint8(np.array(img, dtype=np.uint16), label)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import utils
+from ..model import anchors
 from ..errors import AnnotationError
 from .cache import make_cache
 from .sample import INPUT_NAMES, SampleBuilder
@@ -77,7 +77,7 @@ class DataGenerator(_PyDataset):
                                      no_augmentation_sources)
         # Anchors and their search index (built by a first RPN-target call), made once
         # here: worker processes (forked anew every epoch) inherit them.
-        utils.build_rpn_targets(utils.get_anchors(config, config.IMAGE_SHAPE),
+        anchors.build_rpn_targets(anchors.get_anchors(config, config.IMAGE_SHAPE),
                                 np.zeros((0,), np.int32), np.zeros((0, 4)), config,
                                 rng=np.random.default_rng(0))
         self._order = self._make_order(0)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import AnnotationError
-from .formats.geometry import (clip_polygon, instance_mask, polygon_outside_fraction,
-                               rasterize_polygons)
+from .formats.geometry import (clip_polygon, figure_outline, instance_mask,
+                               polygon_outside_fraction, rasterize_polygons)
 from .formats.records import ERROR, INFO, WARNING, ImageRecord
 
 KIND_TEXT = {
@@ -50,8 +50,11 @@ KIND_TEXT = {
     "unknown_shape": "unknown shape type",
     "no_class": "region without a class",
     "no_mask": "annotation without a mask",
-    "skipped_shape": "point/line shape skipped (no area)",
-    "converted_shape": "polyline closed into a polygon",
+    "skipped_shape": "point shape skipped (no area)",
+    "converted_shape": "shape converted (polyline closed; LabelMe line/point drawn wide)",
+    "self_intersecting": "polygon crosses itself (bow-tie)",
+    "duplicate_key": "key repeated in a JSON object",
+    "other_format": "annotation file of another format in the folder, not read",
     "group_split": "group kept as two instances",
     "no_instances": "image without instances",
     "empty_class": "class without instances",
@@ -362,7 +365,8 @@ def _check_instances(info, size, c, file, name, names, expected):
             present.append(cid)
             continue
         h, w = size
-        polys = inst.get("polygons") or []
+        polys = (inst.get("polygons") or []) + [figure_outline(f) for f in
+                                                inst.get("figures") or ()]
         if polys and polygon_outside_fraction(polys, h, w):
             inside = [clip_polygon(p, 0, 0, w, h) for p in polys]
             if not any(len(p) >= 3 for p in inside):
@@ -373,8 +377,9 @@ def _check_instances(info, size, c, file, name, names, expected):
             c.add(WARNING, "clipped", f"{inst.get('shape')} '{label}' reaches outside the "
                   f"{w} x {h} image; the part outside is cut off", file, name, region)
         try:
-            if polys and inst.get("rle") is None and inst.get("bitmap") is None:
-                area = _polygon_pixels(polys, h, w)
+            if polys and not inst.get("figures") and inst.get("rle") is None and \
+                    inst.get("bitmap") is None:
+                area = _polygon_pixels(polys, h, w, inst.get("draw", "coco"))
             else:
                 area = int(instance_mask(inst, h, w, cache=cache, file=file, image=name,
                                          field=region).sum())
@@ -391,21 +396,25 @@ def _check_instances(info, size, c, file, name, names, expected):
     return present
 
 
-def _polygon_pixels(polys, h, w):
+def _polygon_pixels(polys, h, w, draw="coco"):
     """Pixel count of a polygon instance, rasterised only over its bounding box.
 
     Shifting by whole pixels does not change which pixels a polygon covers, so a small
     canvas gives the same count as the full image, far faster on large images.
     """
-    parts = [clip_polygon(p, 0, 0, w, h) for p in polys]
+    # Clipped a pixel beyond the image (exact inside it); the canvas covers only pixels
+    # of the image, whatever the convention's pixel centres.
+    parts = [clip_polygon(p, -1, -1, w + 1, h + 1) for p in polys]
     parts = [p for p in parts if len(p) >= 3]
     if not parts:
         return 0
     allp = np.concatenate(parts)
-    x0, y0 = np.floor(allp.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(allp.max(axis=0)).astype(int)
+    x0, y0 = np.maximum(np.floor(allp.min(axis=0)).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(allp.max(axis=0)).astype(int) + 1, [w - 1, h - 1])
+    if x1 < x0 or y1 < y0:
+        return 0
     local = [p - [x0, y0] for p in parts]
-    return int(rasterize_polygons(local, int(y1 - y0) + 1, int(x1 - x0) + 1).sum())
+    return int(rasterize_polygons(local, int(y1 - y0) + 1, int(x1 - x0) + 1, draw).sum())
 
 
 def _check_via_load_mask(dataset, image_id, size, c, file, name, names):

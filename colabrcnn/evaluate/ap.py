@@ -72,12 +72,17 @@ def compute_ap(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pre
 
 
 def compute_ap_range(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score,
-                     pred_mask, iou_thresholds=None, verbose=0):
-    """Mean of compute_ap over IoU thresholds (default 0.5:0.95:0.05)."""
+                     pred_mask, iou_thresholds=None, verbose=1):
+    """Mean of compute_ap over IoU thresholds (default 0.5:0.95:0.05); ``verbose``
+    (matterport's default 1) logs the AP at each threshold and the mean."""
     if iou_thresholds is None:
         iou_thresholds = np.arange(0.5, 1.0, 0.05)
-    aps = [compute_ap(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score,
-                      pred_mask, iou_threshold=t)[0] for t in iou_thresholds]
+    aps = []
+    for t in iou_thresholds:
+        aps.append(compute_ap(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id,
+                              pred_score, pred_mask, iou_threshold=t)[0])
+        if verbose:
+            logger.info("AP @%.2f:\t %.3f", t, aps[-1])
     if verbose:
         logger.info("AP @%.2f-%.2f:\t %.3f", iou_thresholds[0], iou_thresholds[-1], np.mean(aps))
     return float(np.mean(aps))

@@ -74,7 +74,7 @@ def remat_unavailable(cfg):
     """
     if callable(cfg.BACKBONE):
         return "a callable BACKBONE has to use keras.remat itself"
-    if cfg.TRAIN_BN:
+    if cfg.TRAIN_BN is True:  # "auto" resolves at train(); colabrcnn.train checks it there
         return ("it would update BatchNorm statistics twice with TRAIN_BN = True (set "
                 "TRAIN_BN = False to allow it)")
     return None
@@ -125,7 +125,7 @@ def lever_batch(cfg, ctx):
     new = _largest_divisor(ipg)
     k = int(cfg.GRADIENT_ACCUMULATION_STEPS) * (ipg // new)
     bn = (" BatchNorm statistics come from fewer images (TRAIN_BN is on)."
-          if cfg.TRAIN_BN else "")
+          if cfg.TRAIN_BN is True else "")
     return (cfg.copy(IMAGES_PER_GPU=new, GRADIENT_ACCUMULATION_STEPS=k),
             f"IMAGES_PER_GPU = {new} with GRADIENT_ACCUMULATION_STEPS = {k} (was {ipg} "
             f"and {cfg.GRADIENT_ACCUMULATION_STEPS})",

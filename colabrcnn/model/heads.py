@@ -72,6 +72,8 @@ class ClassifierHead:
         self.bn1 = BatchNorm(train_bn, name="mrcnn_class_bn1")
         self.conv2 = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")
         self.bn2 = BatchNorm(train_bn, name="mrcnn_class_bn2")
+        # Predictors start near neutral (torchvision/detectron2): logits ~0 give a first
+        # class loss of about ln(NUM_CLASSES), deltas ~0 keep the boxes where they are.
         self.logits = layers.Dense(
             num_classes, name="mrcnn_class_logits",
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
@@ -96,14 +98,19 @@ class MaskHead:
     """Pooled ROIs [B, R, 14, 14, C] -> mask logits [B, R, 28, 28, NC]."""
 
     def __init__(self, num_classes, channels, train_bn):
-        self.convs = [layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
+        # He init for the ReLU convs, and mask logits ~0 (std 0.001) so that the first
+        # mask loss is about ln 2 (detectron2's initialisation; shapes unchanged).
+        self.convs = [layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}",
+                                    kernel_initializer="he_normal")
                       for i in range(1, 5)]
         self.bns = [BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}") for i in range(1, 5)]
         self.deconv = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
-                                             name="mrcnn_mask_deconv")
+                                             name="mrcnn_mask_deconv",
+                                             kernel_initializer="he_normal")
         # matterport puts a sigmoid in this layer; we keep logits for a stable loss
         # and apply the sigmoid outside (same weights).
-        self.out = layers.Conv2D(num_classes, 1, name="mrcnn_mask")
+        self.out = layers.Conv2D(num_classes, 1, name="mrcnn_mask",
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))
 
     def __call__(self, pooled, num_rois, training=None):
         x = _FoldROIs()(pooled)

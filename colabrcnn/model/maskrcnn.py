@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 import weakref
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from .. import checkpoint, distribute
+from .. import checkpoint, distribute, recipe
 from .. import train as train_lib
 from ..boxes import norm_boxes
 from ..config import LOSS_NAMES
@@ -29,9 +30,11 @@ from ..errors import ConfigError, WeightsError
 from . import transform
 from .anchors import compute_backbone_shapes, get_anchors
 from .backbone import resnet_graph
+from .byname import ByNameModel, is_keras3_positional
 from .detection import DetectionLayer
 from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
+from .inspection import InspectionMixin
 from .layers import ActiveClassIds, DetectionBoxes, FirstSlots, MetaWindow, NormBoxes
 from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
@@ -39,11 +42,15 @@ from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
 from .spec import LAYER_REGEX, positive_count  # noqa: F401 (LAYER_REGEX: matterport's presets)
 from .targets import DetectionTargetLayer
 
+# BatchNorm's moving-average momentum on a loaded backbone (Keras' default, matterport's);
+# a random backbone trains with Config.SCRATCH_BN_MOMENTUM.
+BN_MOMENTUM = 0.99
+
 logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- training model
-class TrainingModel(keras.Model):
+class TrainingModel(ByNameModel):
     """The training graph: its outputs are the five losses; compute_loss sums them.
 
     Adds matterport's L2 weight decay (sum of w^2 / size(w) over trainable weights
@@ -78,7 +85,7 @@ class TrainingModel(keras.Model):
 
 
 # -------------------------------------------------------------------------- MaskRCNN
-class MaskRCNN:
+class MaskRCNN(InspectionMixin):
     """Mask R-CNN with matterport's API.
 
     mode: "training" or "inference"; config: a colabrcnn.Config; model_dir: where run
@@ -98,6 +105,9 @@ class MaskRCNN:
         self.epoch = 0
         self._optimizer_state = None  # checkpoint whose optimizer state train() restores
         self._compiled_step = None  # see compile(): what the compiled step was built for
+        # Where the weights came from (colabrcnn.recipe.weights_origin): random until
+        # load_weights() loads a backbone. Decides TRAIN_BN="auto" and the optimizer.
+        self.weights_origin = recipe.random_origin()
         self.log_dir = None
         self.checkpoint_path = None
         self.set_log_dir()
@@ -121,6 +131,17 @@ class MaskRCNN:
             self._build_layers()
         self._graphs = {}
         self.keras_model = self._graph(self.mode)
+        self.apply_batchnorm()
+
+    def apply_batchnorm(self) -> bool:
+        """Set every BatchNorm layer to trained or frozen statistics as TRAIN_BN says
+        for the current weights_origin ("auto": trained only for a random backbone, then
+        with SCRATCH_BN_MOMENTUM). Takes effect at the next compile; returns the choice."""
+        train_bn = recipe.resolve_train_bn(self.config.TRAIN_BN, self.weights_origin)
+        scratch = train_bn and recipe.from_scratch(self.weights_origin)
+        momentum = self.config.SCRATCH_BN_MOMENTUM if scratch else BN_MOMENTUM
+        recipe.set_batchnorm(self.keras_model, train_bn, momentum)
+        return train_bn
 
     # ------------------------------------------------------------------- building
     def _image_shape(self, mode):
@@ -131,6 +152,7 @@ class MaskRCNN:
     def _build_layers(self):
         """Create every weight-owning part once."""
         c = self.config
+        train_bn = recipe.resolve_train_bn(c.TRAIN_BN, self.weights_origin)
         inp = keras.Input(shape=(None, None, c.IMAGE_CHANNEL_COUNT), name="input_image")
         if callable(c.BACKBONE):
             if c.REMAT:
@@ -139,15 +161,15 @@ class MaskRCNN:
             _, c2, c3, c4, c5 = [None] + list(c.BACKBONE(inp, c))[-4:]
         else:
             # REMAT: residual blocks recompute their activations in the backward pass.
-            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=c.TRAIN_BN,
+            _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=train_bn,
                                              remat=bool(c.REMAT))
         pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
         self.backbone = keras.Model(inp, pyramid, name="backbone_fpn")
         self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
                                    c.TOP_DOWN_PYRAMID_SIZE)
         self.classifier = ClassifierHead(c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE,
-                                         c.POOL_SIZE, c.TRAIN_BN)
-        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, c.TRAIN_BN)
+                                         c.POOL_SIZE, train_bn)
+        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, train_bn)
 
     def _rpn(self, pyramid):
         outs = [self.rpn(p) for p in pyramid]
@@ -274,7 +296,7 @@ class MaskRCNN:
                                      c.DETECTION_MAX_INSTANCES)
         masks = layers.Activation("sigmoid", name="mrcnn_mask_probs",
                                   dtype="float32")(mask_logits)
-        return keras.Model(
+        return ByNameModel(
             [input_image, input_meta],
             {"detections": detections, "mrcnn_class": probs, "mrcnn_bbox": deltas,
              "mrcnn_mask": masks, "rpn_rois": rpn_rois, "rpn_class": rpn_probs,
@@ -294,15 +316,59 @@ class MaskRCNN:
         the run folder, so that training continues there.
         """
         from .. import weights
-        report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
-                                      exclude=exclude, verbose=verbose, **kwargs)
+        try:
+            report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
+                                          exclude=exclude, verbose=verbose, **kwargs)
+        except WeightsError:
+            if isinstance(filepath, (str, os.PathLike)) and is_keras3_positional(filepath):
+                report = self._load_positional(filepath, exclude)
+            else:
+                raise
         if not report["loaded"]:
             raise WeightsError(f"no layer of this model was found in {filepath}")
         self.set_log_dir(filepath)
         # A checkpoint of ours also carries the optimizer: restored at the next train().
         state = checkpoint.read_state(filepath)
         self._optimizer_state = filepath if state and state.get("has_optimizer") else None
+        self.weights_origin = recipe.weights_origin(filepath, report, state,
+                                                    previous=self.weights_origin)
+        self.apply_batchnorm()
         return report
+
+    def _load_positional(self, filepath, exclude):
+        """Load a Keras 3 ``.weights.h5`` file (layers stored by position) written from
+        this model's training or inference graph: both graphs share the layers, so
+        loading into the one that wrote it sets the weights of this model."""
+        from .. import weights
+        if exclude:
+            raise WeightsError(
+                f"{filepath} is a Keras 3 '.weights.h5' file, stored by layer position: it "
+                f"loads whole into the graph that wrote it, so exclude= cannot apply. Save "
+                f"by name instead (model.keras_model.save_weights('x.h5') or "
+                f"MaskRCNN.save_weights) and load that with exclude=")
+        problems = []
+        for mode in (self.mode, "inference" if self.mode == "training" else "training"):
+            graph = self._graph(mode)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    keras.Model.load_weights(graph, filepath)
+            except Exception as e:  # noqa: BLE001 - Keras says why the layout differs
+                problems.append(f"{mode} graph: {e}")
+                continue
+            # Keras loads what it can and warns about parts it skipped: not this graph.
+            skipped = [str(w.message) for w in caught if "freshly-initialized" in
+                       str(w.message) or "could not be loaded" in str(w.message)]
+            if skipped:
+                problems.append(f"{mode} graph: {skipped[0]}")
+                continue
+            return {"loaded": list(weights.named_layers(graph)), "skipped": [],
+                    "mismatched": [], "missing": [], "unused": [],
+                    "layout": "keras3-positional", "renamed": {}}
+        raise WeightsError(
+            f"{filepath} is a Keras 3 '.weights.h5' file (layers by position) that fits "
+            f"neither graph of this model (a different config?); some weights may have "
+            f"been changed. " + " | ".join(problems))
 
     def get_imagenet_weights(self, cache_dir=None):
         """Path of ImageNet weights for this BACKBONE, downloaded and cached
@@ -352,25 +418,38 @@ class MaskRCNN:
         self.log_dir, self.epoch = log_dir, epoch
 
     # ------------------------------------------------------------------- training
-    def set_trainable(self, layer_regex, verbose=0):
-        """Make layers whose names fully match the regex (or preset) trainable."""
-        return train_lib.set_trainable(self.keras_model, layer_regex, verbose=verbose)
+    def build(self, mode, config):
+        """(Re)build the layers and the ``mode`` graph for ``config`` (matterport's
+        method); returns the Keras model, also ``self.keras_model``."""
+        if mode not in ("training", "inference"):
+            raise ConfigError(f"mode must be 'training' or 'inference', got {mode!r}")
+        self.mode = mode
+        self.rebuild(config)
+        return self.keras_model
 
-    def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1):
-        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``).
+    def set_trainable(self, layer_regex, keras_model=None, indent=0, verbose=0):
+        """Make layers whose names fully match the regex (or preset) trainable, in
+        ``keras_model`` (default this model's); ``indent`` (matterport's) is unused."""
+        return train_lib.set_trainable(keras_model or self.keras_model, layer_regex,
+                                       verbose=verbose)
+
+    def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1,
+                from_scratch=False):
+        """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``;
+        ``from_scratch``: the SCRATCH_* recipe, see colabrcnn.train.make_optimizer).
 
         One compile per run: when the trainable weights and the optimizer's settings are
         those of the last compile, the compiled training step is kept (no retracing, no
         XLA compile) with its optimizer, whose state then carries on as on a resume;
         only a changed constant learning rate is set. Other changes (``layers``, a
-        schedule's settings or length, momentum) compile anew; so does a given
-        ``optimizer``.
+        schedule's settings or length, momentum, the recipe) compile anew; so does a
+        given ``optimizer``.
         """
         with self.scope():  # TF optimizers must be created in the strategy's scope
             key = None
             if optimizer is None:
                 optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
-                                                     momentum)
+                                                     momentum, from_scratch=from_scratch)
                 key = self._step_key(optimizer)
                 if self._compiled_step == key:
                     if isinstance(optimizer.get_config()["learning_rate"], float):
@@ -395,7 +474,7 @@ class MaskRCNN:
             settings.pop("learning_rate")
         return (weakref.ref(self.keras_model),
                 tuple(v.path for v in self.keras_model.trainable_variables),
-                repr(sorted(settings.items())))
+                type(optimizer).__name__, repr(sorted(settings.items())))
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,

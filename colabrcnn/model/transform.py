@@ -136,6 +136,18 @@ def resize_mask(mask: np.ndarray, scale: float, padding, crop=None) -> np.ndarra
     return mask.astype(bool)
 
 
+def resize(image: np.ndarray, output_shape, order: int = 1, mode: str = "constant",
+           cval=0, clip: bool = True, preserve_range: bool = False,
+           anti_aliasing: bool = False, anti_aliasing_sigma=None) -> np.ndarray:
+    """scikit-image's ``transform.resize`` with matterport's defaults (bilinear, no
+    anti-aliasing): matterport's ``utils.resize``."""
+    import skimage.transform  # scikit-image loads slowly; only this helper needs it
+    return skimage.transform.resize(image, output_shape, order=order, mode=mode, cval=cval,
+                                    clip=clip, preserve_range=preserve_range,
+                                    anti_aliasing=anti_aliasing,
+                                    anti_aliasing_sigma=anti_aliasing_sigma)
+
+
 def pad_to_shape(image: np.ndarray, shape) -> np.ndarray:
     """Pad H x W x C at the bottom/right up to shape[:2] (keeps shapes static)."""
     h, w = image.shape[:2]

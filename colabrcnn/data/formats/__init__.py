@@ -14,19 +14,27 @@ Modules: ``io.py`` (JSON, image headers, base64, image paths, label images),
 record layout every reader produces: :class:`AnnotatedDataset`, :class:`ImageRecord`,
 the builder the readers share), one module per format.
 
-Pixel convention
-----------------
-Coordinates are in pixels with the origin at the top-left *corner* of the image, as in
-VIA, LabelMe and COCO: pixel (row r, column c) is the unit square [c, c+1) x [r, r+1)
-with its centre at (c + 0.5, r + 0.5). Polygons are rasterised by pycocotools, the same
-rasteriser COCO evaluation uses, which takes (very nearly) the pixels whose centres lie
-inside the polygon. A rectangle x=2, y=3, width=4, height=5 therefore covers exactly
-columns 2..5 and rows 3..7 (4 x 5 pixels), and a polygon written to COCO by
-:func:`colabrcnn.data.convert.to_coco` gives the same mask when pycocotools reads it back.
-(matterport's balloon sample used ``skimage.draw.polygon``, which puts pixel centres on
-integer coordinates: masks differ from it by half a pixel.) Circles, ellipses and
-rectangles are stored as polygons (``geometry.ellipse_polygon``), so every reader and
-``to_coco`` share one geometry path.
+Pixel conventions: each format is drawn as its own tool draws it
+---------------------------------------------------------------
+* **LabelMe**: as labelme's ``labelme.utils.shape_to_mask`` draws (PIL ``ImageDraw``):
+  pixel centres on integer coordinates, polygons filled *and* outlined, so a polygon
+  traced through an object's boundary pixels (``cv2.findContours``, mask-to-polygon
+  exports) gives back exactly those pixels. ``rectangle`` includes both corners' rows
+  and columns ((2, 3)-(6, 8): columns 2..6, rows 3..8); ``circle`` is PIL's ellipse;
+  ``line``/``linestrip`` a 10 px wide line and ``point`` a disc of radius 5, as labelme
+  draws them (with a warning: they mark no area).
+* **VIA**: as matterport's balloon sample draws VIA polygons
+  (``skimage.draw.polygon(all_points_y, all_points_x)``): pixel centres on integer
+  coordinates. ``rect`` x, y, width, height covers width x height pixels
+  (``skimage.draw.rectangle``); circles and ellipses are ``skimage.draw.ellipse``.
+* **COCO**: pycocotools, as COCO evaluation draws them: pixel corners on integer
+  coordinates, pixel (r, c) centred at (c + 0.5, r + 0.5).
+* Mask images: the pixels themselves.
+
+:func:`colabrcnn.data.convert.to_coco` keeps the pixels: a LabelMe/VIA polygon is
+written shifted by half a pixel when pycocotools then draws exactly the same mask, and
+as RLE otherwise. The instance records (``records.py``) carry the convention as
+``draw``; ``geometry.py`` holds the rasterisers.
 """
 from __future__ import annotations
 
@@ -133,6 +141,7 @@ def load(path, **kw):
                                   f"{', '.join(p for p in params if p not in args)})")
         args.update(kw)
         return reader(**args)
+
 
 
 __all__ = ["AnnotatedDataset", "ImageRecord", "load", "detect_format", "load_via",

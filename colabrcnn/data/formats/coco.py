@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import AnnotationError
 from .geometry import normalize_rle, polygon_part
 from .io import number, number_list, read_json, resolve_image_path, short, type_name
-from .records import ERROR, DatasetBuilder, make_instance, warn_read_issues
+from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
 
 
 def is_coco(data):
@@ -48,16 +48,18 @@ def _polygons(seg, w):
     """Parts of a polygon segmentation; (parts, problem) where problem may be None."""
     if seg and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in seg):
         seg = [seg]  # one polygon written flat, without the outer list
-    parts, dropped = [], 0
+    parts, dropped, crossing = [], 0, None
     for j, part in enumerate(seg):
         coords = number_list(part, f"segmentation[{j}]", **w)
         if len(coords) % 2:
             raise AnnotationError(f"segmentation[{j}] has {len(coords)} numbers; a polygon is "
                                   "x, y pairs", **w)
-        pts, problem = polygon_part(np.array(coords, dtype=np.float64))
-        if problem is not None:
+        pts, problem = polygon_part(np.array(coords, dtype=np.float64), f"segmentation[{j}]")
+        if pts is None:
             dropped += 1
             continue
+        if problem is not None:  # crosses itself: kept, reported
+            crossing = crossing or problem
         parts.append(pts)
     if not parts:
         return [], ("degenerate", "polygon segmentation has no part with an area (fewer than "
@@ -65,7 +67,7 @@ def _polygons(seg, w):
     if dropped:
         return parts, ("degenerate_part", f"{dropped} polygon part(s) without area dropped; "
                        "the other parts are kept")
-    return parts, None
+    return parts, crossing
 
 
 def load_coco(json_path, image_dir=None, classes=None):
@@ -78,7 +80,7 @@ def load_coco(json_path, image_dir=None, classes=None):
             annotations of other categories are ``unknown_label`` errors in ``validate``.
     """
     json_path = os.fspath(json_path)
-    data = read_json(json_path)
+    data, duplicates = read_json(json_path, with_duplicates=True)
     if not is_coco(data):
         raise AnnotationError("not a COCO file: expected an object with 'images', "
                               "'annotations' and 'categories' lists", file=json_path)
@@ -86,6 +88,10 @@ def load_coco(json_path, image_dir=None, classes=None):
               os.path.dirname(os.path.abspath(json_path))]
     b = DatasetBuilder("coco", "COCO", [json_path], classes)
     jw = {"file": json_path}
+    lists = ("images", "annotations", "categories")
+    b.reject_repeated_keys([d for d in duplicates if not (d[1] is data and d[2] in lists)],
+                           json_path)
+    data = b.merge_repeated_lists(data, lists, json_path)
 
     # categories ------------------------------------------------------------------
     cats = data.get("categories", [])

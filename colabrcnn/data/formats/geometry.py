@@ -1,7 +1,15 @@
-"""Geometry of annotations: polygons (rectangles and ellipses as polygons), clipping,
-area, rasterising, COCO RLE checking/decoding, and bitmap masks.
+"""Geometry of annotations: polygons, figures (LabelMe rectangles, circles, lines and
+points; VIA circles and ellipses), clipping, area, rasterising, COCO RLE
+checking/decoding, and bitmap masks.
 
-Pixel convention: see the package docstring (``colabrcnn/data/formats/__init__.py``).
+Each instance is rasterised as the tool that wrote it draws it (``DRAW``; the package
+docstring, ``colabrcnn/data/formats/__init__.py``, explains the conventions):
+
+* ``"coco"``: pycocotools (``frPyObjects`` + ``decode``), COCO's own rasteriser;
+* ``"labelme"``: PIL ``ImageDraw`` called as labelme's ``utils.shape_to_mask`` calls it
+  (polygons filled *and outlined*, pixel centres on integer coordinates);
+* ``"via"``: ``skimage.draw.polygon`` as matterport's balloon sample calls it (pixel
+  centres on integer coordinates), ``skimage.draw.ellipse`` for circles and ellipses.
 """
 from __future__ import annotations
 
@@ -9,6 +17,9 @@ import math
 import warnings
 
 import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import skimage.draw
 
 from ...errors import AnnotationError
 from .io import number, read_label_image, short, type_name
@@ -42,18 +53,67 @@ def ellipse_polygon(cx, cy, rx, ry, theta=0.0):
 
 
 def polygon_part(points, what="polygon"):
-    """(points, problem): a polygon without its repeated closing vertex, and why it has
-    no area (("degenerate", message)) or None. Shared by every reader."""
+    """(points or None, problem or None), shared by every reader: the polygon without
+    its repeated closing vertex, None when it has no area (("degenerate", message)).
+
+    A polygon whose edges cross (a bow-tie) can have a signed area of zero while it
+    covers pixels: it is kept, with a ("self_intersecting", message) warning; only
+    points on one line count as no area.
+    """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(pts) > 1 and np.all(pts[0] == pts[-1]):
         pts = pts[:-1]  # some tools repeat the first point at the end
     if len(pts) < 3:
-        return pts, ("degenerate", f"{what} has {len(pts)} point(s); an area needs at least "
-                     "3: redraw it or delete it")
-    if polygon_area(pts) == 0:
-        return pts, ("degenerate", f"{what} has zero area (all its points lie on one line): "
-                     "redraw it or delete it")
+        return None, ("degenerate", f"{what} has {len(pts)} point(s); an area needs at "
+                      "least 3: redraw it or delete it")
+    if collinear(pts):
+        return None, ("degenerate", f"{what} has zero area (all its points lie on one "
+                      "line): redraw it or delete it")
+    if self_intersecting(pts):
+        return pts, ("self_intersecting", f"{what} crosses itself (its edges cross, like a "
+                     "bow-tie); it is drawn as the annotation tool draws it, both loops "
+                     "included: redraw it without crossing edges if that is not the object")
     return pts, None
+
+
+def collinear(points):
+    """Whether all points of a (K, 2) array lie on one line (or one point)."""
+    d = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    d = d - d.mean(axis=0)
+    s = np.linalg.svd(d, compute_uv=False)  # a line: one direction of spread only
+    return bool(s[0] == 0 or s[1] <= 1e-9 * s[0])
+
+
+def self_intersecting(points):
+    """Whether two non-adjacent edges of a closed polygon cross (a bow-tie, a figure 8).
+
+    Exact segment tests (proper crossings), vectorised over blocks of edge pairs. Only
+    polygons of up to 500 points are checked (hand-drawn ones: under a millisecond at 50
+    points, a few tens at 500): the cost grows with the square of the points, and traced
+    outlines of thousands of points would take a second each.
+    """
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    n = len(p)
+    if n < 4 or n > 500:
+        return False
+    a, b = p, np.roll(p, -1, axis=0)  # edge i: a[i] -> b[i]
+
+    def orient(p0, p1, q):  # sign of the turn p0 -> p1 -> q, broadcast
+        return np.sign((p1[..., 0] - p0[..., 0]) * (q[..., 1] - p0[..., 1])
+                       - (p1[..., 1] - p0[..., 1]) * (q[..., 0] - p0[..., 0]))
+
+    C, D = a[None, :], b[None, :]
+    j = np.arange(n)[None, :]
+    for start in range(0, n, 256):  # [block, n] pairs at a time: bounded memory
+        i = np.arange(start, min(start + 256, n))[:, None]
+        A, B = a[i[:, 0]][:, None], b[i[:, 0]][:, None]
+        cross = (orient(A, B, C) * orient(A, B, D) < 0) & \
+            (orient(C, D, A) * orient(C, D, B) < 0)
+        # Only pairs of edges that share no vertex (i < j - 1, and not first with last).
+        cross &= (j > i + 1) & ~((i == 0) & (j == n - 1))
+        if cross.any():
+            return True
+    return False
 
 
 def polygon_area(points):
@@ -102,23 +162,114 @@ def polygon_outside_fraction(polygons, height, width):
     return False
 
 
-def rasterize_polygons(polygons, height, width):
-    """Union of polygon parts as an H x W bool mask (pixel convention: module docstring)."""
-    from pycocotools import mask as mask_utils
+DRAW = ("coco", "labelme", "via")
 
+# labelme's shape_to_mask defaults for shapes that mark no area.
+LABELME_LINE_WIDTH = 10
+LABELME_POINT_RADIUS = 5
+
+
+def _clipped_parts(polygons, height, width):
+    """Polygon parts with >= 3 points, clipped to two pixels around the image.
+
+    Clipping is exact inside the box, so the pixels in the image do not change; it keeps
+    the rasterisers from walking huge out-of-image edges.
+    """
     parts = []
     for p in polygons:
-        p = np.asarray(p, dtype=np.float64)
-        if len(p) and (p[:, 0].min() < -1 or p[:, 1].min() < -1
-                       or p[:, 0].max() > width + 1 or p[:, 1].max() > height + 1):
-            p = clip_polygon(p, -1.0, -1.0, width + 1.0, height + 1.0)
-        # pycocotools reads a 4-number list as a box, so a part needs >= 3 points.
+        p = np.asarray(p, dtype=np.float64).reshape(-1, 2)
+        if len(p) and (p[:, 0].min() < -2 or p[:, 1].min() < -2
+                       or p[:, 0].max() > width + 2 or p[:, 1].max() > height + 2):
+            p = clip_polygon(p, -2.0, -2.0, width + 2.0, height + 2.0)
         if len(p) >= 3:
-            parts.append(p.ravel().tolist())
+            parts.append(p)
+    return parts
+
+
+def rasterize_polygons(polygons, height, width, draw="coco"):
+    """Union of polygon parts as an H x W bool mask, drawn by the ``draw`` convention."""
+    height, width = int(height), int(width)
+    parts = _clipped_parts(polygons, height, width)
     if not parts or height <= 0 or width <= 0:
-        return np.zeros((height, width), dtype=bool)
-    rles = mask_utils.frPyObjects(parts, int(height), int(width))
+        return np.zeros((max(height, 0), max(width, 0)), dtype=bool)
+    if draw == "labelme":
+        canvas = PIL.Image.new("L", (width, height), 0)
+        pen = PIL.ImageDraw.Draw(canvas)
+        for p in parts:  # as shape_to_mask: draw.polygon(xy, outline=1, fill=1)
+            pen.polygon([tuple(v) for v in p.tolist()], outline=1, fill=1)
+        return np.array(canvas, dtype=bool)
+    if draw == "via":
+        mask = np.zeros((height, width), dtype=bool)
+        for p in parts:  # as the balloon sample: polygon(all_points_y, all_points_x)
+            rr, cc = skimage.draw.polygon(p[:, 1], p[:, 0], shape=(height, width))
+            mask[rr, cc] = True
+        return mask
+    if draw != "coco":
+        raise ValueError(f"draw must be one of {DRAW}, got {draw!r}")
+    from pycocotools import mask as mask_utils  # C extension, loaded on first mask
+
+    # pycocotools reads a 4-number list as a box; parts have >= 3 points.
+    rles = mask_utils.frPyObjects([p.ravel().tolist() for p in parts], height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def figure_mask(figure, height, width):
+    """H x W bool mask of a figure: a LabelMe rectangle/circle/line/linestrip/point (PIL,
+    as labelme's ``shape_to_mask``), a VIA rect (``skimage.draw.rectangle``) or a VIA
+    circle/ellipse (``skimage.draw.ellipse``)."""
+    kind = figure["type"]
+    height, width = int(height), int(width)
+    if kind == "rect":  # VIA rect: (x, y, width, height) -> width x height pixels
+        x, y, w, h = figure["params"]
+        mask = np.zeros((height, width), dtype=bool)
+        rr, cc = skimage.draw.rectangle((y, x), extent=(h, w), shape=(height, width))
+        mask[rr, cc] = True
+        return mask
+    if kind == "ellipse":  # VIA circle/ellipse: (cx, cy, rx, ry, theta clockwise on screen)
+        cx, cy, rx, ry, theta = figure["params"]
+        mask = np.zeros((height, width), dtype=bool)
+        # skimage's rotation turns the other way on screen (rows point down).
+        rr, cc = skimage.draw.ellipse(cy, cx, ry, rx, shape=(height, width),
+                                      rotation=-theta)
+        mask[rr, cc] = True
+        return mask
+    xy = [tuple(v) for v in np.asarray(figure["points"], np.float64).tolist()]
+    canvas = PIL.Image.new("L", (width, height), 0)
+    pen = PIL.ImageDraw.Draw(canvas)
+    if kind == "rectangle":
+        (x0, y0), (x1, y1) = xy
+        pen.rectangle(((min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))),
+                      outline=1, fill=1)
+    elif kind == "circle":
+        (cx, cy), (px, py) = xy
+        d = math.hypot(cx - px, cy - py)
+        pen.ellipse(((cx - d, cy - d), (cx + d, cy + d)), outline=1, fill=1)
+    elif kind in ("line", "linestrip"):
+        pen.line(xy=xy, fill=1, width=LABELME_LINE_WIDTH)
+    elif kind == "point":
+        (cx, cy), r = xy[0], LABELME_POINT_RADIUS
+        pen.ellipse(((cx - r, cy - r), (cx + r, cy + r)), outline=1, fill=1)
+    else:
+        raise ValueError(f"unknown figure type {kind!r}")
+    return np.array(canvas, dtype=bool)
+
+
+def figure_outline(figure):
+    """A polygon covering a figure's extent (for inside/outside-the-image checks)."""
+    if figure["type"] == "ellipse":
+        cx, cy, rx, ry, theta = figure["params"]
+        return ellipse_polygon(cx, cy, rx, ry, theta)
+    if figure["type"] == "rect":
+        return rect_polygon(*figure["params"])
+    pts = np.asarray(figure["points"], np.float64).reshape(-1, 2)
+    pad = {"circle": 0.0, "rectangle": 0.0, "point": LABELME_POINT_RADIUS}.get(
+        figure["type"], LABELME_LINE_WIDTH / 2)
+    if figure["type"] == "circle":
+        pad = float(np.hypot(*(pts[1] - pts[0])))
+        pts = pts[:1]
+    x0, y0 = pts.min(axis=0) - pad
+    x1, y1 = pts.max(axis=0) + pad
+    return rect_polygon(x0, y0, max(x1 - x0, 1e-3), max(y1 - y0, 1e-3))
 
 
 def rle_string_counts(counts):
@@ -241,10 +392,14 @@ def bitmap_mask(bitmap, height, width, cache=None, **where):
 
 
 def instance_mask(inst, height, width, cache=None, **where):
-    """Rasterise one instance record: union of its polygons, RLE and bitmap."""
+    """Rasterise one instance record: union of its polygons (drawn by its ``draw``
+    convention), figures, RLE and bitmap."""
     mask = None
     if inst.get("polygons"):
-        mask = rasterize_polygons(inst["polygons"], height, width)
+        mask = rasterize_polygons(inst["polygons"], height, width, inst.get("draw", "coco"))
+    for fig in inst.get("figures") or ():
+        m = figure_mask(fig, height, width)
+        mask = m if mask is None else (mask | m)
     if inst.get("rle") is not None:
         rle = inst["rle"]
         if tuple(rle["size"]) != (height, width):

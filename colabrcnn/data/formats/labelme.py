@@ -4,11 +4,15 @@ A LabelMe file holds ``shapes`` (each with ``label``, ``points``, ``shape_type``
 ``group_id``), ``imagePath`` (relative to the JSON file) and optionally ``imageData``
 (the image itself, base64) plus ``imageHeight``/``imageWidth``.
 
-Shapes: ``polygon``; ``rectangle`` (two opposite corners); ``circle`` (centre, then a
-point on the circle); ``mask`` (LabelMe >= 5.3: a base64 PNG placed at the first point).
-``line``, ``linestrip``, ``point`` and ``points`` mark no area: they are skipped and
-counted as warnings. Shapes that share a label and a ``group_id`` are one instance
-(their union), as in LabelMe's own ``labelme2coco``.
+Shapes: ``polygon`` (and ``oriented_rectangle``); ``rectangle`` (two opposite corners);
+``circle`` (centre, then a point on the circle); ``mask`` (LabelMe >= 5.3: a base64 PNG
+placed at the first point). Every shape is drawn as labelme's own
+``labelme.utils.shape_to_mask`` draws it (PIL, polygons filled and outlined, pixel
+centres on integer coordinates), so the masks are the ones labelme's converters give.
+``line`` and ``linestrip`` (a 10 px wide line) and ``point`` (a disc of radius 5 px)
+mark no area, but labelme draws them so: they are kept that way with a warning.
+``points`` is skipped with a warning. Shapes that share a label and a ``group_id`` are
+one instance (their union), as in LabelMe's own ``labelme2coco``.
 
 The image is read from ``imagePath`` when that file exists (Windows back-slashes are
 handled, and a file with the same name next to the JSON is found too); otherwise from
@@ -22,12 +26,16 @@ import os
 import numpy as np
 
 from ...errors import AnnotationError
-from .geometry import ellipse_polygon, polygon_part, rect_polygon
-from .io import decode_base64_image, number, read_json, resolve_image_path, short, type_name
+from .coco import is_coco
+from .geometry import LABELME_LINE_WIDTH, LABELME_POINT_RADIUS, polygon_part
+from .io import (decode_base64_image, decode_embedded_image, number, read_json,
+                 resolve_image_path, short, type_name)
 from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
+from .via import is_via
 
-AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
-NO_AREA_SHAPES = ("line", "linestrip", "point", "points")
+AREA_SHAPES = ("polygon", "rectangle", "circle", "mask", "oriented_rectangle")
+# Drawn as labelme draws them (a 10 px wide line, a 5 px radius disc), with a warning.
+NO_AREA_SHAPES = ("line", "linestrip", "point")
 
 
 def is_labelme(data):
@@ -49,45 +57,52 @@ def _points(value, w):
 
 
 def _shape_geometry(shape, w):
-    """(shape type, polygon parts, bitmap, problem or None) for one LabelMe shape."""
+    """(shape type, polygon parts, figures, bitmap, problem or None) for one LabelMe shape.
+
+    Drawn later as labelme's ``utils.shape_to_mask`` draws it (``geometry.py``).
+    """
     st = shape.get("shape_type") or "polygon"  # old LabelMe files have no shape_type
     if not isinstance(st, str):
         raise AnnotationError(f"shape_type must be a string, got {type_name(st)}", **w)
     if "points" not in shape:
         raise AnnotationError("shape has no 'points'", **w)
     pts = _points(shape["points"], w)
-    if st == "polygon":
+    if st in ("polygon", "oriented_rectangle"):
         pts, problem = polygon_part(pts, st)
-        return st, ([] if problem else [pts]), None, problem
+        return st, ([] if pts is None else [pts]), [], None, problem
     if st == "rectangle":
         if len(pts) not in (2, 4):
             raise AnnotationError(f"rectangle needs 2 corner points, has {len(pts)}", **w)
-        x0, y0 = pts.min(axis=0)
-        x1, y1 = pts.max(axis=0)
+        (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
         if x1 - x0 <= 0 or y1 - y0 <= 0:
-            return st, [], None, ("degenerate", f"rectangle is {x1 - x0:g} x {y1 - y0:g} "
-                                  "pixels; redraw it or delete it")
-        return st, [rect_polygon(x0, y0, x1 - x0, y1 - y0)], None, None
+            return st, [], [], None, ("degenerate", f"rectangle is {x1 - x0:g} x {y1 - y0:g} "
+                                      "pixels; redraw it or delete it")
+        return st, [], [{"type": st, "points": np.array([[x0, y0], [x1, y1]])}], None, None
     if st == "circle":
         if len(pts) != 2:
             raise AnnotationError(f"circle needs 2 points (centre, point on circle), has "
                                   f"{len(pts)}", **w)
-        (cx, cy), (px, py) = pts
-        r = float(np.hypot(px - cx, py - cy))
-        if r <= 0:
-            return st, [], None, ("degenerate", "circle has radius 0; redraw it or delete it")
-        return st, [ellipse_polygon(cx, cy, r, r)], None, None
+        if float(np.hypot(*(pts[1] - pts[0]))) <= 0:
+            return st, [], [], None, ("degenerate", "circle has radius 0; redraw it or "
+                                      "delete it")
+        return st, [], [{"type": st, "points": pts}], None, None
+    if st in ("line", "linestrip", "point"):
+        need = {"line": (2, 2), "linestrip": (2, None), "point": (1, 1)}[st]
+        if len(pts) < need[0] or (need[1] is not None and len(pts) > need[1]):
+            raise AnnotationError(f"{st} needs {need[0]}{'' if need[1] == need[0] else '+'} "
+                                  f"point(s), has {len(pts)}", **w)
+        return st, [], [{"type": st, "points": pts}], None, None
     if st == "mask":
         if len(pts) < 1:
             raise AnnotationError("mask shape needs its top-left point", **w)
         raw = decode_base64_image(shape.get("mask"), "mask", **w)
         x0, y0 = np.floor(pts.min(axis=0)).astype(int)
-        return st, [], {"bytes": raw, "value": None, "offset": (int(x0), int(y0))}, None
-    if st in NO_AREA_SHAPES:
-        return st, [], None, ("skipped_shape", f"{st} marks no area, so it cannot be a mask; "
-                              "skipped")
-    return st, [], None, ("unknown_shape", f"unknown shape_type '{short(st, 30)}' (LabelMe "
-                          f"area shapes: {', '.join(AREA_SHAPES)}); skipped")
+        return st, [], [], {"bytes": raw, "value": None, "offset": (int(x0), int(y0))}, None
+    if st == "points":
+        return st, [], [], None, ("skipped_shape", "points marks no area, so it cannot be a "
+                                  "mask; skipped")
+    return st, [], [], None, ("unknown_shape", f"unknown shape_type '{short(st, 30)}' "
+                              f"(LabelMe area shapes: {', '.join(AREA_SHAPES)}); skipped")
 
 
 def _label(shape, w):
@@ -140,11 +155,21 @@ def load_labelme(dir_or_files, image_dir=None, classes=None):
     n_labelme = 0
     for jf in files:
         try:
-            data = read_json(jf)
+            data, duplicates = read_json(jf, with_duplicates=True)
         except AnnotationError as e:
             b.error(e)
             continue
         if not is_labelme(data):
+            other = "VIA" if is_via(data) else "COCO" if is_coco(data) else None
+            if scanned and other is not None:
+                # Annotations of another format in the folder: never dropped silently.
+                n = len(data.get("images", [])) if other == "COCO" else \
+                    len(data.get("_via_img_metadata", data))
+                b.issue("other_format", f"a {other} annotation file ({n} image entries) in "
+                        "the LabelMe folder is not read with the LabelMe files: load it on its "
+                        f"own (colabrcnn.data.load('{jf}')), or move it out of the folder",
+                        ERROR, file=jf)
+                continue
             if scanned:  # other JSON files may live in the folder: say so, do not fail
                 b.issue("not_labelme", "not a LabelMe file (no 'shapes'); ignored", WARNING,
                         file=jf)
@@ -153,7 +178,9 @@ def load_labelme(dir_or_files, image_dir=None, classes=None):
                                     "'imagePath'", file=jf))
             continue
         n_labelme += 1
-        _read_file(b, jf, data, image_dir)
+        b.reject_repeated_keys([d for d in duplicates
+                                if not (d[1] is data and d[2] == "shapes")], jf)
+        _read_file(b, jf, b.merge_repeated_lists(data, ("shapes",), jf), image_dir)
     if n_labelme == 0 and not b.errors:
         raise AnnotationError("no LabelMe files found (JSON files with 'shapes' and "
                               "'imagePath')", file=os.fspath(dir_or_files)
@@ -180,8 +207,8 @@ def _read_file(b, jf, data, image_dir):
     image_bytes = None
     if data.get("imageData") is not None and not (path and os.path.isfile(path)):
         try:
-            image_bytes = decode_base64_image(data["imageData"], "imageData",
-                                              field="imageData", **w)
+            image_bytes = decode_embedded_image(data["imageData"], "imageData",
+                                                field="imageData", **w)
         except AnnotationError as e:
             b.error(e)
             return
@@ -196,8 +223,9 @@ def _read_file(b, jf, data, image_dir):
         except AnnotationError as e:
             b.error(e)
             return
-    rec = b.add_image(jf, name, path, jf,
-                      width=width, height=height, image_bytes=image_bytes)
+    rec = b.add_image(jf, name, path, jf, width=width, height=height,
+                      image_bytes=image_bytes, **({"embedded_in": "imageData"}
+                                                  if image_bytes is not None else {}))
     shapes = data.get("shapes")
     if not isinstance(shapes, list):
         b.error(AnnotationError(f"'shapes' must be a list, got {type_name(shapes)}",
@@ -210,7 +238,7 @@ def _read_file(b, jf, data, image_dir):
             if not isinstance(shape, dict):
                 raise AnnotationError(f"a shape must be an object, got {type_name(shape)}", **fw)
             label = _label(shape, fw)
-            st, parts, bitmap, problem = _shape_geometry(shape, fw)
+            st, parts, figures, bitmap, problem = _shape_geometry(shape, fw)
             gid = shape.get("group_id")
             if gid is not None and (isinstance(gid, bool) or not isinstance(gid, (int, str))):
                 raise AnnotationError(f"group_id must be a whole number or null, got "
@@ -220,7 +248,14 @@ def _read_file(b, jf, data, image_dir):
         region = f"shapes[{i}] ({st}{', ' + repr(label) if label else ''})"
         if problem is not None:
             b.note_problem(rec, region, problem)
-            continue
+            if not parts:
+                continue
+        if st in NO_AREA_SHAPES:
+            b.note_problem(rec, region, ("converted_shape", (
+                f"a {st} marks no area; drawn as labelme draws it, "
+                + (f"a disc of radius {LABELME_POINT_RADIUS} px" if st == "point" else
+                   f"a {LABELME_LINE_WIDTH} px wide line")
+                + " (draw a polygon around the object instead)")))
         if label is None:
             b.note(rec, region, "no_class", f"{st} has an empty label, so it has no class",
                    ERROR)
@@ -233,19 +268,22 @@ def _read_file(b, jf, data, image_dir):
             if st not in inst["shape"].split("+"):
                 inst["shape"] += "+" + st
             inst["polygons"].extend(parts)
+            inst["figures"].extend(figures)
             if bitmap is not None:
                 if inst["bitmap"] is not None:
                     # One bitmap per instance is stored: keep a second mask shape of the
                     # group as its own instance rather than lose it, and say so.
                     b.note(rec, region, "group_split", f"a second mask shape in group_id {gid}"
                            " is kept as its own instance", WARNING)
-                    b.add_instance(rec, make_instance(label, st, region, [], bitmap=bitmap))
+                    b.add_instance(rec, make_instance(label, st, region, [], bitmap=bitmap,
+                                                      draw="labelme"))
                 else:
                     inst["bitmap"] = bitmap
             continue
         if gid is not None:
             region = f"shapes[{i}] (group_id {gid}, {label!r})"
-        inst = make_instance(label, st, region, parts, bitmap=bitmap)
+        inst = make_instance(label, st, region, parts, bitmap=bitmap, draw="labelme",
+                             figures=figures)
         if gid is not None:
             groups[(label, gid)] = (inst, [i])
         b.add_instance(rec, inst)

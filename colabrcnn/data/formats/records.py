@@ -6,6 +6,7 @@ whose ``image_info`` records look alike::
     {"id": ..., "source": "via", "name": "a.jpg",        # name as the annotation file writes it
      "path": "/data/a.jpg",                               # or None when embedded
      "image_bytes": None,                                 # embedded image (LabelMe imageData)
+     "embedded_in": "imageData",                          # only with image_bytes: its field
      "width": 640, "height": 480,                         # from the annotation, else read lazily
      "size_from": "annotation" | "file",
      "file": "/data/via_project.json",                    # annotation file it came from
@@ -20,6 +21,10 @@ and each instance is a small dict::
      "shape": "polygon",                # original shape type, for messages
      "region": "regions[2]",            # where it is in the annotation file, for messages
      "polygons": [array (K, 2) of (x, y)], # one or several parts (union), may be empty
+     "draw": "coco" | "labelme" | "via",  # how the polygons are rasterised (geometry.py)
+     "figures": [{"type": "rectangle" | "circle" | "line" | "linestrip" | "point",
+                  "points": array} | {"type": "ellipse", "params": (cx, cy, rx, ry, theta)}
+                 | {"type": "rect", "params": (x, y, width, height)}],
      "rle": None | {"size": [h, w], "counts": str},          # compressed COCO RLE
      "bitmap": None | {"path" or "bytes", "value", "offset"}} # mask image (PNG) read lazily
 
@@ -100,9 +105,12 @@ class ImageRecord(dict):
         return ImageRecord(copy.deepcopy(dict(self), memo))
 
 
-def make_instance(label, shape, region, polygons=None, rle=None, bitmap=None):
+def make_instance(label, shape, region, polygons=None, rle=None, bitmap=None, draw="coco",
+                  figures=None):
+    """An instance record (layout: module docstring)."""
     return {"class_id": 0, "label": label, "shape": shape, "region": region,
-            "polygons": list(polygons or []), "rle": rle, "bitmap": bitmap}
+            "polygons": list(polygons or []), "rle": rle, "bitmap": bitmap, "draw": draw,
+            "figures": list(figures or [])}
 
 
 class AnnotatedDataset(Dataset):
@@ -134,9 +142,15 @@ class AnnotatedDataset(Dataset):
     def load_image(self, image_id):
         """H x W x 3 uint8 RGB; a missing/unreadable file names the annotation file too."""
         info = self.image_info[image_id]
+        if info.get("image_bytes") is not None:
+            try:
+                return read_image(info["image_bytes"], name="embedded image")
+            except AnnotationError as e:
+                field = info.get("embedded_in", "the embedded image")
+                raise AnnotationError(f"the image embedded in the annotation file: {e}",
+                                      file=info.get("file"), image=info.get("name"),
+                                      field=field) from None
         try:
-            if info.get("image_bytes") is not None:
-                return read_image(info["image_bytes"], name=self.image_reference(image_id))
             if not info.get("path"):
                 raise AnnotationError("no image path given")
             return read_image(info["path"])
@@ -208,7 +222,8 @@ class AnnotatedDataset(Dataset):
 
 
 # Problem kinds a reader reports as warnings (the data that matters is kept).
-WARNING_KINDS = ("skipped_shape", "degenerate_part", "converted_shape", "group_split")
+WARNING_KINDS = ("skipped_shape", "degenerate_part", "converted_shape", "group_split",
+                 "self_intersecting")
 
 
 class _Reading:
@@ -302,6 +317,33 @@ class DatasetBuilder:
         self.note(rec, region, kind, message,
                   WARNING if kind in WARNING_KINDS else ERROR)
 
+    def merge_repeated_lists(self, data, keys, file):
+        """``data`` (a parsed JSON object) with each of ``keys`` that appears several times
+        holding the items of every copy (``shapes`` of a LabelMe file, ``images`` /
+        ``annotations`` of a COCO file merged by hand), each merge reported."""
+        repeated = getattr(data, "duplicates", {})
+        todo = [k for k in keys if k in repeated and
+                all(isinstance(v, list) for v in repeated[k])]
+        if not todo:
+            return data
+        data = dict(data)
+        for k in todo:
+            data[k] = [x for copy in repeated[k] for x in copy]
+            self.issue("duplicate_key", f"'{k}' appears {len(repeated[k])} times (files "
+                       f"merged by hand?); the items of every copy are kept "
+                       f"({len(data[k])} in all)", WARNING, file=file)
+        return data
+
+    def reject_repeated_keys(self, duplicates, file):
+        """A key repeated with different values loses data (JSON keeps the last): an
+        error naming the key and where it is (``duplicates``: see ``io.read_json``)."""
+        for where, obj, key, values in duplicates:
+            if all(v == values[0] for v in values[1:]):
+                continue
+            self.error(AnnotationError(
+                f"key {short(key, 40)} appears {len(values)} times with different values in "
+                f"{where}; JSON keeps only the last: keep the right one", file=file))
+
     def reading(self, what, where):
         """Context in which an AnnotationError (or an unforeseen KeyError/TypeError/...
         from a malformed structure) is collected with ``error`` instead of raised; the
@@ -367,17 +409,30 @@ class DatasetBuilder:
         return ds
 
 
+# Up to this many problems are each named in the load warning.
+WARN_LISTED = 3
+
+
 def warn_read_issues(dataset, what):
-    """One warnings.warn summarising the warnings a reader recorded, if any."""
-    skipped = [s for rec in dataset.image_info for s in rec.get("issues", [])]
-    # default_class has had its own, more specific warning already.
-    issues = [s for s in dataset.read_issues if s["kind"] != "default_class"]
-    n_warn = sum(1 for s in skipped if s["severity"] == WARNING) + \
-        sum(1 for s in issues if s["severity"] == WARNING)
-    n_err = sum(1 for s in skipped if s["severity"] == ERROR) + \
-        sum(1 for s in issues if s["severity"] == ERROR)
-    if n_warn or n_err:
-        kinds = sorted({s["kind"] for s in skipped + issues})
-        warnings.warn(f"{what}: {n_err} problem(s) that lose annotations and {n_warn} "
-                      f"warning(s) ({', '.join(kinds)}); run colabrcnn.data.validate(dataset)"
-                      " to see each one with its file, image and region", stacklevel=3)
+    """One warnings.warn summarising the problems a reader recorded, if any; with few
+    problems it names each one's file, image and region."""
+    # (record, issue) pairs; default_class has had its own, more specific warning.
+    found = [(rec, s) for rec in dataset.image_info for s in rec.get("issues", [])]
+    found += [(s, s) for s in dataset.read_issues if s["kind"] != "default_class"]
+    n_warn = sum(1 for _, s in found if s["severity"] == WARNING)
+    n_err = sum(1 for _, s in found if s["severity"] == ERROR)
+    if not (n_warn or n_err):
+        return
+    head = (f"{what}: {n_err} problem(s) that lose annotations and {n_warn} warning(s)")
+    if len(found) <= WARN_LISTED:
+        lines = []
+        for where, s in found:
+            place = ", ".join(f"{k} '{v}'" for k, v in (
+                ("file", where.get("file")), ("image", where.get("name") or where.get("image")),
+                ("region", s.get("region"))) if v is not None)
+            lines.append(f"  - {s['severity']} {s['kind']}: {place}: {s['message']}")
+        warnings.warn(head + ":\n" + "\n".join(lines), stacklevel=3)
+        return
+    kinds = sorted({s["kind"] for _, s in found})
+    warnings.warn(f"{head} ({', '.join(kinds)}); run colabrcnn.data.validate(dataset) to see "
+                  "each one with its file, image and region", stacklevel=3)

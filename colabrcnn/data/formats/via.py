@@ -15,7 +15,10 @@ and use :func:`colabrcnn.data.formats.load_coco`.
 Shapes (``shape_attributes.name``): ``polygon`` (all_points_x/y), ``polyline`` (closed
 into a polygon, with a warning), ``rect`` (x, y, width, height), ``circle`` (cx, cy, r),
 ``ellipse`` (cx, cy, rx, ry and optional theta in radians, VIA 2). ``point`` regions
-mark no area: they are skipped and counted as warnings.
+mark no area: they are skipped and counted as warnings. Polygons are drawn as
+matterport's balloon sample draws them (``skimage.draw.polygon``, pixel centres on
+integer coordinates), rectangles with ``skimage.draw.rectangle`` (x, y, width, height
+covers width x height pixels), circles and ellipses with ``skimage.draw.ellipse``.
 
 The class of a region comes from a region attribute: the one named by
 ``class_attribute=``, or, when not given, the single attribute whose values are class
@@ -30,8 +33,8 @@ import warnings
 import numpy as np
 
 from ...errors import AnnotationError
-from .geometry import ellipse_polygon, polygon_part, rect_polygon
-from .io import (decode_base64_image, number, number_list, read_json, resolve_image_path,
+from .geometry import polygon_part
+from .io import (decode_embedded_image, number, number_list, read_json, resolve_image_path,
                  short, type_name)
 from .records import ERROR, WARNING, DatasetBuilder, make_instance, warn_read_issues
 
@@ -62,7 +65,11 @@ def _iter_regions(regions, file, image):
     if isinstance(regions, dict):
         def order(k):  # "0", "1", ..., "10" in numeric order when they are numbers
             return (0, int(k), "") if str(k).isdigit() else (1, 0, str(k))
-        return [(f"regions['{k}']", regions[k]) for k in sorted(regions, key=order)]
+        # A key written twice (files merged by hand): every copy is a region.
+        repeated = getattr(regions, "duplicates", {})
+        return [(f"regions['{k}']" + (f" (copy {n + 1} of the key)" if n else ""), r)
+                for k in sorted(regions, key=order)
+                for n, r in enumerate(repeated.get(k, [regions[k]]))]
     raise AnnotationError(f"'regions' must be a list (VIA 2) or an object (VIA 1), got "
                           f"{type_name(regions)}", file=file, image=image, field="regions")
 
@@ -171,7 +178,7 @@ def _region_label(region, class_attribute, default_class, w):
 
 
 def _region_geometry(sa, w):
-    """(shape name, list of polygon parts, problem kind/message or None)."""
+    """(shape name, polygon parts, figures, problem kind/message or None)."""
     if not isinstance(sa, dict):
         raise AnnotationError(f"shape_attributes must be an object, got {type_name(sa)}", **w)
     name = sa.get("name")
@@ -191,33 +198,84 @@ def _region_geometry(sa, w):
             raise AnnotationError(f"all_points_x has {len(xs)} values but all_points_y has "
                                   f"{len(ys)}", **w)
         pts, problem = polygon_part(np.array([xs, ys], dtype=np.float64).T, name)
-        return name, ([] if problem else [pts]), problem
+        return name, ([] if pts is None else [pts]), [], problem
     if name == "rect":
         x, y = number(need("x"), "x", **w), number(need("y"), "y", **w)
         wd, ht = number(need("width"), "width", **w), number(need("height"), "height", **w)
         if wd <= 0 or ht <= 0:
-            return name, [], ("degenerate", f"rect is {wd:g} x {ht:g} pixels; redraw it or "
-                              "delete it")
-        return name, [rect_polygon(x, y, wd, ht)], None
+            return name, [], [], ("degenerate", f"rect is {wd:g} x {ht:g} pixels; redraw it "
+                                  "or delete it")
+        return name, [], [{"type": "rect", "params": (x, y, wd, ht)}], None
     if name == "circle":
         cx, cy = number(need("cx"), "cx", **w), number(need("cy"), "cy", **w)
         r = number(need("r"), "r", **w)
         if r <= 0:
-            return name, [], ("degenerate", f"circle has radius {r:g}; redraw it or delete it")
-        return name, [ellipse_polygon(cx, cy, r, r)], None
+            return name, [], [], ("degenerate", f"circle has radius {r:g}; redraw it or "
+                                  "delete it")
+        return name, [], [{"type": "ellipse", "params": (cx, cy, r, r, 0.0)}], None
     if name == "ellipse":
         cx, cy = number(need("cx"), "cx", **w), number(need("cy"), "cy", **w)
         rx, ry = number(need("rx"), "rx", **w), number(need("ry"), "ry", **w)
         theta = number(sa["theta"], "theta", **w) if sa.get("theta") is not None else 0.0
         if rx <= 0 or ry <= 0:
-            return name, [], ("degenerate", f"ellipse has radii {rx:g} x {ry:g}; redraw it or"
-                              " delete it")
-        return name, [ellipse_polygon(cx, cy, rx, ry, theta)], None
+            return name, [], [], ("degenerate", f"ellipse has radii {rx:g} x {ry:g}; redraw "
+                                  "it or delete it")
+        return name, [], [{"type": "ellipse", "params": (cx, cy, rx, ry, theta)}], None
     if name == "point":
-        return name, [], ("skipped_shape", "point marks no area, so it cannot be a mask; "
+        return name, [], [], ("skipped_shape", "point marks no area, so it cannot be a mask; "
                           "skipped")
-    return name, [], ("unknown_shape", f"unknown shape '{short(name, 30)}' (VIA shapes: "
+    return name, [], [], ("unknown_shape", f"unknown shape '{short(name, 30)}' (VIA shapes: "
                       f"{', '.join(SHAPES)}); skipped")
+
+
+def _as_list(regions):
+    if isinstance(regions, dict):
+        return [r for _, r in _iter_regions(regions, None, None)]
+    return list(regions) if isinstance(regions, list) else []
+
+
+def _entry_regions(entry):
+    """An image entry's regions; ``regions`` written twice in one entry: all of them."""
+    copies = getattr(entry, "duplicates", {}).get("regions")
+    if not copies:
+        return entry.get("regions", [])
+    return [r for c in copies for r in _as_list(c)]
+
+
+def _merge_repeated_images(b, metadata, path):
+    """Image entries whose key appears more than once (exports merged by hand): one entry
+    with the regions of every copy, and a warning; JSON alone would keep the last."""
+    repeated = getattr(metadata, "duplicates", None)
+    if not repeated:
+        return metadata
+    merged = dict(metadata)
+    for key, copies in repeated.items():
+        entries = [e for e in copies if isinstance(e, dict)]
+        if not entries:
+            continue
+        regions = []
+        for e in entries:
+            regions.extend(_as_list(_entry_regions(e)))
+        merged[key] = dict(entries[0], regions=regions)
+        b.issue("duplicate_key", f"the image entry {short(key, 60)} appears {len(copies)} "
+                f"times (files merged by hand?); the regions of every copy are kept "
+                f"({len(regions)} in all)", WARNING, file=path,
+                image=str(entries[0].get("filename", key)))
+    return merged
+
+
+def _check_other_duplicates(b, duplicates, data, path):
+    """A key repeated with different values anywhere else loses data: an error."""
+    metadata = data.get("_via_img_metadata", data) if isinstance(data, dict) else None
+    for where, obj, key, values in duplicates:
+        if obj is metadata:
+            continue  # image entries: merged and reported by _merge_repeated_images
+        if key == "regions" or where.endswith("['regions']"):
+            # every copy is read (_entry_regions, _iter_regions): say so
+            b.issue("duplicate_key", f"key {short(key, 40)} appears {len(values)} times in "
+                    f"{where}; the regions of every copy are kept", WARNING, file=path)
+            continue
+        b.reject_repeated_keys([(where, obj, key, values)], path)
 
 
 def load_via(path, image_dir=None, class_attribute=None, classes=None,
@@ -238,7 +296,7 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
         prepared AnnotatedDataset; class names sorted by name unless ``classes`` given.
     """
     path = os.fspath(path)
-    data = read_json(path)
+    data, duplicates = read_json(path, with_duplicates=True)
     if is_via3(data):
         raise AnnotationError("this is a VIA 3 project, which load_via does not read; in VIA 3"
                               " use Export -> COCO and load that with load_coco", file=path)
@@ -281,6 +339,8 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
         raise AnnotationError("class_attribute must be a string", field="class_attribute")
 
     b = DatasetBuilder("via", version, [path], classes)
+    metadata = _merge_repeated_images(b, metadata, path)
+    _check_other_duplicates(b, duplicates, data, path)
     if class_attribute is None:
         msg = (f"the regions have no class attribute, so every region is class "
                f"'{default_class}'; add a region attribute in VIA (or pass class_attribute=)"
@@ -303,15 +363,17 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
         b64 = entry.get("base64_img_data")  # VIA 1.0 could embed the image
         if isinstance(b64, str) and b64.startswith("data:"):
             try:
-                image_bytes = decode_base64_image(b64, "base64_img_data",
-                                                  field="base64_img_data", **w)
+                image_bytes = decode_embedded_image(b64, "base64_img_data",
+                                                    field="base64_img_data", **w)
             except AnnotationError as e:
                 b.error(e)
                 continue
         img_path = resolve_image_path(filename, search_dirs)
-        rec = b.add_image(str(key), filename, img_path, path, image_bytes=image_bytes)
+        rec = b.add_image(str(key), filename, img_path, path, image_bytes=image_bytes,
+                          **({"embedded_in": "base64_img_data"}
+                             if image_bytes is not None else {}))
         try:
-            pairs = _iter_regions(entry.get("regions", []), path, filename)
+            pairs = _iter_regions(_entry_regions(entry), path, filename)
         except AnnotationError as e:
             b.error(e)
             continue
@@ -323,21 +385,23 @@ def load_via(path, image_dir=None, class_attribute=None, classes=None,
                                           f"{type_name(region)}", **fw)
                 if "shape_attributes" not in region:
                     raise AnnotationError("region has no shape_attributes", **fw)
-                shape, parts, problem = _region_geometry(region["shape_attributes"], fw)
+                shape, parts, figures, problem = _region_geometry(region["shape_attributes"], fw)
                 label, no_class = _region_label(region, class_attribute, default_class, fw)
             if not r.ok:
                 continue
             region_name = f"{field} ({shape})"
             if problem is not None:
                 b.note_problem(rec, region_name, problem)
-                continue
+                if not parts and not figures:
+                    continue
             if no_class is not None:
                 b.note(rec, region_name, "no_class", f"{shape} {no_class}", ERROR)
                 continue
             if shape == "polyline":
                 b.note(rec, region_name, "converted_shape",
                        "polyline closed into a polygon (draw a polygon for an area)", WARNING)
-            b.add_instance(rec, make_instance(label, shape, region_name, parts))
+            b.add_instance(rec, make_instance(label, shape, region_name, parts, draw="via",
+                                              figures=figures))
     ds = b.build()
     warn_read_issues(ds, f"VIA file '{path}'")
     return ds
