@@ -7,7 +7,10 @@ warm-up (compilation excluded):
   * non_max_suppression: B=2 images, N=6000 boxes, max_output 2000, IoU 0.7 — the RPN
     proposal step — on clustered boxes like RPN proposals;
   * crop_and_resize: 400 boxes cropped to 7x7 and 14x14 from a [2, 256, 256, 256] map
-    (ROIAlign for the box and mask heads), forward, and forward + gradient w.r.t. the map.
+    (ROIAlign for the box and mask heads), forward, and forward + gradient w.r.t. the map;
+  * pyramid ROIAlign (what the training graph runs): formulations of its bilinear step,
+    forward + gradient w.r.t. P2..P5, at the 256-px preset's sizes (64 ROIs at 7x7, 21
+    positives at 14x14) and at 1024 px (200 at 7x7, 66 at 14x14); --roi-align-only.
 Compiled the way the model runs: tf.function(jit_compile=True) on TensorFlow (TF's
 CropAndResize has no XLA kernel, so its native crop runs in a plain tf.function),
 jax.jit on JAX, eager on torch.
@@ -25,6 +28,8 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from colabrcnn.model import ops as cops  # noqa: E402
+from colabrcnn.model.roi_align import (bilinear_from_corners, roi_levels,  # noqa: E402
+                                       sample_corners)
 
 BACKEND = keras.backend.backend()
 
@@ -81,10 +86,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="smaller crop map (CI smoke)")
+    parser.add_argument("--roi-align-only", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     devices = keras.distribution.list_devices() if BACKEND == "jax" else ""
     print(f"backend {BACKEND} (keras {keras.__version__}) {devices}")
+    if args.roi_align_only:
+        roi_align_formulations(rng, args)
+        return
 
     # --- NMS --------------------------------------------------------------------------
     boxes = ops.convert_to_tensor(rpn_like_boxes(rng, 2, 6000))
@@ -118,6 +127,118 @@ def main():
             report("  + gradient w.r.t. the map [pure]", grad_fn, images, crop_boxes,
                    box_indices, repeats=args.repeats)
     print(f"  (auto = {cops.auto_implementation('crop_and_resize')})")
+    roi_align_formulations(rng, args)
+
+
+# --- pyramid ROIAlign formulations ------------------------------------------------------
+def _gather4(fmaps, boxes, pool, image_shape):
+    """What PyramidROIAlign runs: four gathers of [.., C] rows, scatter-add backward."""
+    table, idx, weights = sample_corners(boxes, fmaps, pool, image_shape)
+    return bilinear_from_corners(table, idx, weights, "float32")
+
+
+def _gather1(fmaps, boxes, pool, image_shape):
+    """One gather of all four corners [.., 4, C], then a weighted sum."""
+    table, idx, weights = sample_corners(boxes, fmaps, pool, image_shape)
+    return ops.sum(ops.take(table, idx, axis=0) * weights[..., None], axis=-2)
+
+
+def _packed(fmaps, boxes, pool, image_shape):
+    """Each pixel packed with its right/lower neighbours ([S, 4C]): one row per sample
+    (a quarter of the indices) at four times the table's memory."""
+    table, idx, w = sample_corners(boxes, fmaps, pool, image_shape)
+    c = fmaps[0].shape[-1]
+    batch = ops.shape(boxes)[0]
+    packed = []
+    for f in fmaps:
+        fp = ops.pad(f, [[0, 0], [0, 1], [0, 1], [0, 0]])
+        packed.append(ops.reshape(ops.concatenate(
+            [fp[:, :-1, :-1], fp[:, :-1, 1:], fp[:, 1:, :-1], fp[:, 1:, 1:]], -1),
+            (batch, -1, 4 * c)))
+    packed = ops.reshape(ops.concatenate(packed, 1), (-1, 4 * c))
+    w0, w1, w2, w3 = [w[..., k] for k in range(4)]
+    # Where a corner was clipped onto its neighbour (the border), fold its weight in.
+    sx = idx[..., 1] == idx[..., 0]
+    w0, w1 = w0 + ops.where(sx, w1, 0.0), ops.where(sx, 0.0, w1)
+    w2, w3 = w2 + ops.where(sx, w3, 0.0), ops.where(sx, 0.0, w3)
+    sy = idx[..., 2] == idx[..., 0]
+    w0, w2 = w0 + ops.where(sy, w2, 0.0), ops.where(sy, 0.0, w2)
+    w1, w3 = w1 + ops.where(sy, w3, 0.0), ops.where(sy, 0.0, w3)
+    rows = ops.take(packed, idx[..., 0], axis=0)
+    rows = ops.reshape(rows, tuple(idx.shape[:-1]) + (4, c))
+    return ops.sum(rows * ops.stack([w0, w1, w2, w3], -1)[..., None], axis=-2)
+
+
+def _native_per_level(fmaps, boxes, pool, image_shape):
+    """TF's CropAndResize (and its gradient kernel) on every level, masked by level:
+    no XLA kernel, so the step could not be jit-compiled."""
+    import tensorflow as tf
+
+    b, r = boxes.shape[0], boxes.shape[1]
+    level = tf.reshape(roi_levels(boxes, image_shape) - 2, (-1,))
+    flat = tf.reshape(boxes, (-1, 4))
+    box_ind = tf.repeat(tf.range(b), r)
+    out = 0.0
+    for i, f in enumerate(fmaps):
+        crops = tf.image.crop_and_resize(f, flat, box_ind, pool)
+        out = out + crops * tf.cast(level == i, crops.dtype)[:, None, None, None]
+    return tf.reshape(out, (b, r) + tuple(pool) + (fmaps[0].shape[-1],))
+
+
+def roi_align_formulations(rng, args):
+    cases = [(256, 64, (7, 7)), (256, 21, (14, 14)), (1024, 200, (7, 7)),
+             (1024, 66, (14, 14))]
+    forms = [("gather4 (used)", _gather4, True), ("gather1", _gather1, True),
+             ("packed", _packed, True)]
+    if BACKEND == "tensorflow":
+        forms.append(("native, no XLA", _native_per_level, False))
+    for size, rois, pool in cases:
+        if args.quick and size > 256:
+            continue
+        fmaps = [ops.convert_to_tensor(rng.normal(size=(2, size // s, size // s, 256))
+                                       .astype(np.float32)) for s in (4, 8, 16, 32)]
+        lo = rng.uniform(0, 0.8, (2, rois, 2))
+        hi = np.minimum(lo + rng.uniform(0.03, 0.5, (2, rois, 2)), 1.0)
+        boxes = ops.convert_to_tensor(np.concatenate([lo, hi], -1).astype(np.float32))
+        cot = ops.convert_to_tensor(rng.normal(size=(2, rois) + pool + (256,))
+                                    .astype(np.float32))
+        # Reference: the used formulation, eagerly (the others are compared with it).
+        reference = ops.convert_to_numpy(_gather4(fmaps, boxes, pool, (size, size)))
+        for name, form, jit in forms:
+            def loss(*fm, form=form):
+                return ops.sum(form(list(fm), boxes, pool, (size, size)) * cot)
+            forward = compile_fn(lambda *fm, form=form: form(list(fm), boxes, pool,
+                                                             (size, size)), jit=jit)
+            out = ops.convert_to_numpy(forward(*fmaps))
+            diff = float(np.abs(out - reference).max())
+            grad = compile_fn(_value_grad(loss), jit=jit)
+            label = f"pyramid ROIAlign {size}px {rois} x {pool[0]}x{pool[1]} [{name}]"
+            report(label + " fwd", forward, *fmaps, repeats=args.repeats)
+            report(f"  + gradient w.r.t. P2..P5 (max diff {diff:.0e})", grad, *fmaps,
+                   repeats=args.repeats)
+
+
+def _value_grad(loss):
+    """Gradient of ``loss(*fmaps)`` w.r.t. every map, on this backend."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def grad(*fm):
+            with tf.GradientTape() as tape:
+                tape.watch(fm)
+                value = loss(*fm)
+            return tape.gradient(value, fm)
+        return grad
+    if BACKEND == "jax":
+        import jax
+
+        return jax.grad(loss, argnums=(0, 1, 2, 3))
+    import torch
+
+    def grad(*fm):
+        fm = [f.detach().requires_grad_(True) for f in fm]
+        return torch.autograd.grad(loss(*fm), fm)
+    return grad
 
 
 def _grad_fn(crop):

@@ -88,6 +88,58 @@ def crop_and_resize_numpy(images, boxes, box_indices, crop_size, extrapolation_v
     return out
 
 
+def crop_and_resize_numpy_grad(image_shape, boxes, box_indices, crop_size, grad_crops):
+    """Gradient w.r.t. the images of sum(grad_crops * crop_and_resize_numpy(images, ...)).
+
+    The crop is linear in the images, so this is its adjoint: each sample point hands
+    its upstream gradient to its four corners with the bilinear weights of the same
+    documented formula. Assumes no sample point lies on an integer coordinate (there
+    the split between neighbours depends on rounding).
+    """
+    boxes = np.asarray(boxes, np.float64)
+    grad_crops = np.asarray(grad_crops, np.float64)
+    _, height, width, _ = image_shape
+    crop_h, crop_w = crop_size
+    grad = np.zeros(image_shape, np.float64)
+    for n, (y1, x1, y2, x2) in enumerate(boxes):
+        b = int(box_indices[n])
+        for i in range(crop_h):
+            in_y = (y1 * (height - 1) + i * (y2 - y1) * (height - 1) / (crop_h - 1)
+                    if crop_h > 1 else 0.5 * (y1 + y2) * (height - 1))
+            for j in range(crop_w):
+                in_x = (x1 * (width - 1) + j * (x2 - x1) * (width - 1) / (crop_w - 1)
+                        if crop_w > 1 else 0.5 * (x1 + x2) * (width - 1))
+                if not (0 <= in_y <= height - 1 and 0 <= in_x <= width - 1):
+                    continue
+                top, left = int(np.floor(in_y)), int(np.floor(in_x))
+                dy, dx = in_y - top, in_x - left
+                g = grad_crops[n, i, j]
+                grad[b, top, left] += g * (1 - dy) * (1 - dx)
+                grad[b, top, left + 1] += g * (1 - dy) * dx
+                grad[b, top + 1, left] += g * dy * (1 - dx)
+                grad[b, top + 1, left + 1] += g * dy * dx
+    return grad
+
+
+def off_grid_boxes(rng, n, height, width, crop_size, margin=0.02):
+    """[n, 4] float32 boxes (some flipped, some partly outside the image) none of whose
+    sample points lies within ``margin`` pixels of an integer coordinate: gradients are
+    then the same whatever the rounding of the sampling grid."""
+    crop_h, crop_w = crop_size
+    out = []
+    while len(out) < n:
+        y = rng.uniform(-0.2, 1.2, 2)
+        x = rng.uniform(-0.2, 1.2, 2)
+        ys = y[0] * (height - 1) + np.arange(crop_h) * (y[1] - y[0]) * (height - 1) / max(
+            crop_h - 1, 1)
+        xs = x[0] * (width - 1) + np.arange(crop_w) * (x[1] - x[0]) * (width - 1) / max(
+            crop_w - 1, 1)
+        coords = np.concatenate([ys, xs])
+        if np.all(np.abs(coords - np.round(coords)) > margin):
+            out.append([y[0], x[0], y[1], x[1]])
+    return np.asarray(out, np.float32)
+
+
 # ---------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 import keras
 import numpy as np
 
-from colabrcnn.model.heads import ClassifierHead, MaskHead
-from layer_checks import to_numpy, weight_count
+from colabrcnn.model.heads import ClassifierHead, MaskHead, ROIConv
+from layer_checks import round_trip, to_numpy, weight_count
 
 
 def test_classifier_head_shapes_and_weights():
@@ -38,3 +38,20 @@ def test_mask_head_shapes_and_weights():
         [f"mrcnn_mask_bn{i}" for i in range(1, 5)] + ["mrcnn_mask_deconv", "mrcnn_mask"]
     expected = 4 * (9 * c * c + c) + 4 * 4 * c + (4 * c * c + c) + (c * nc + nc)
     assert model.count_params() == expected
+
+
+def test_roi_conv_is_the_valid_convolution_it_replaces():
+    x = np.random.default_rng(0).normal(size=(6, 7, 7, 8)).astype(np.float32)
+    ours = ROIConv(16, 7, padding="valid", name="mrcnn_class_conv1")
+    conv = keras.layers.Conv2D(16, 7, padding="valid")
+    y = to_numpy(ours(x))
+    conv(x)
+    conv.set_weights(ours.get_weights())
+    assert [tuple(w.shape) for w in ours.weights] == [(7, 7, 8, 16), (16,)]
+    np.testing.assert_allclose(y, to_numpy(conv(x)), rtol=1e-5, atol=1e-5)
+    assert y.shape == (6, 1, 1, 16)
+    # Other input sizes fall back to the convolution.
+    big = np.random.default_rng(1).normal(size=(2, 9, 9, 8)).astype(np.float32)
+    np.testing.assert_allclose(to_numpy(ours(big)), to_numpy(conv(big)), rtol=1e-5,
+                               atol=1e-5)
+    round_trip(ours)

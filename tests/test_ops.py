@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_in_backend
-from ops_reference import (crop_and_resize_numpy, crop_cases, nms_cases,
-                           nms_numpy_batched)
+from ops_reference import (crop_and_resize_numpy, crop_and_resize_numpy_grad,
+                           crop_cases, nms_cases, nms_numpy_batched, off_grid_boxes)
 from colabrcnn.model import ops as cops
 
 NMS_CASES = nms_cases()
@@ -135,8 +135,18 @@ def test_crop_and_resize_tf_float16_and_gradient():
         assert got.dtype == tf.float16
         np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=1e-2)
 
-    # Gradient w.r.t. the images: finite, non-zero, and equal to TF's own kernel's
-    # gradient (CropAndResizeGradImage), also under XLA.
+    # Gradient w.r.t. the images against the NumPy adjoint, for the pure version (eager
+    # and under XLA) and TF's own kernel (CropAndResizeGradImage). Sample points stay off
+    # integer coordinates, where the gradient's split between neighbouring pixels would
+    # depend on how the compiler rounds the sampling grid.
+    rng = np.random.default_rng(5)
+    boxes = off_grid_boxes(rng, 30, images.shape[1], images.shape[2], (14, 14))
+    box_indices = rng.integers(0, images.shape[0], len(boxes)).astype(np.int32)
+    crops = crop_and_resize_numpy(images, boxes, box_indices, (14, 14))
+    expected = crop_and_resize_numpy_grad(images.shape, boxes, box_indices, (14, 14),
+                                          np.cos(crops) - crops * np.sin(crops))
+    assert np.abs(expected).sum() > 0
+
     def grad(impl):
         x = tf.constant(images)
         with tf.GradientTape() as tape:
@@ -146,11 +156,33 @@ def test_crop_and_resize_tf_float16_and_gradient():
             loss = tf.reduce_sum(crops * tf.cos(crops))
         return tape.gradient(loss, x)
 
-    pure = tf.convert_to_tensor(grad("pure")).numpy()
-    assert np.isfinite(pure).all() and np.abs(pure).sum() > 0
-    np.testing.assert_allclose(pure, grad("native").numpy(), atol=1e-4)
+    for impl in ("pure", "native"):
+        np.testing.assert_allclose(tf.convert_to_tensor(grad(impl)).numpy(), expected,
+                                   atol=1e-4, err_msg=impl)
     jit_grad = tf.function(lambda: tf.convert_to_tensor(grad("pure")), jit_compile=True)
-    np.testing.assert_allclose(jit_grad().numpy(), pure, atol=1e-4)
+    np.testing.assert_allclose(jit_grad().numpy(), expected, atol=1e-4, err_msg="jit")
+
+
+def test_numpy_crop_gradient_is_the_numerical_gradient():
+    # The adjoint above against central differences of the reference itself (exact up
+    # to rounding, since the crop is linear in the images), on a few pixels.
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(2, 9, 11, 2))
+    boxes = off_grid_boxes(rng, 6, 9, 11, (5, 4))
+    box_indices = rng.integers(0, 2, 6)
+    upstream = rng.normal(size=(6, 5, 4, 2))
+    adjoint = crop_and_resize_numpy_grad(images.shape, boxes, box_indices, (5, 4), upstream)
+    touched = np.argwhere(adjoint != 0)
+    for idx in list(touched[rng.choice(len(touched), 8, replace=False)]) + [
+            np.argwhere(adjoint == 0)[0]]:
+        e = np.zeros_like(images)
+        e[tuple(idx)] = 0.5
+
+        def f(x):
+            return np.sum(upstream * crop_and_resize_numpy(x, boxes, box_indices, (5, 4)))
+
+        numeric = (f(images + e) - f(images - e)) / 1.0
+        assert numeric == pytest.approx(adjoint[tuple(idx)], abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------

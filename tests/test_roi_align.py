@@ -1,5 +1,6 @@
 """Pyramid ROIAlign (model/roi_align.py) against the NumPy crop-and-resize reference."""
 import numpy as np
+import tensorflow as tf
 
 from colabrcnn.model.roi_align import PyramidROIAlign, roi_levels
 from layer_checks import round_trip, to_numpy as _np
@@ -39,3 +40,24 @@ def test_roi_align_output_shape_and_round_trip():
     np.testing.assert_allclose(out, 1, rtol=1e-6)  # a constant map pools to itself
     copy = round_trip(layer)
     np.testing.assert_allclose(_np(copy(boxes, *fmaps)), out)
+
+
+def test_roi_align_under_xla_reads_the_border_for_boxes_clipped_to_the_image():
+    # Proposals are clipped to [0, 1]: their last sample row/column lies on the map's
+    # border, and XLA's fused grid arithmetic can put it a rounding error outside. It
+    # must still read the border (as TF's kernel does on the exact grid), not give 0.
+    rng = np.random.default_rng(3)
+    image_shape = (256, 256)
+    fmaps = [rng.normal(size=(2, 256 // s, 256 // s, 4)).astype(np.float32)
+             for s in (4, 8, 16, 32)]
+    lo = rng.uniform(0.0, 0.8, (2, 48, 2))
+    boxes = np.concatenate([lo, np.ones_like(lo)], -1).astype(np.float32)  # y2 = x2 = 1
+    boxes[:, ::2, 2] = rng.uniform(0.85, 0.99, 24)                          # some inside
+    layer = PyramidROIAlign((7, 7), image_shape)
+    out = _np(tf.function(lambda b, *f: layer(b, *f), jit_compile=True)(boxes, *fmaps))
+    levels = _np(roi_levels(boxes, image_shape))
+    for b in range(2):
+        for r in range(48):
+            ref = crop_and_resize_numpy(fmaps[levels[b, r] - 2], boxes[b, r:r + 1],
+                                        np.array([b]), (7, 7))
+            np.testing.assert_allclose(out[b, r], ref[0], atol=1e-4)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, fields
 
 from .. import hardware
 from ..errors import ConfigError
-from ..model.spec import BASIC_FILTERS, BOTTLENECK_FILTERS, LAYER_REGEX, STAGE_BLOCKS
+from ..model.spec import (BASIC_FILTERS, BOTTLENECK_FILTERS, LAYER_REGEX, STAGE_BLOCKS,
+                          positive_count)
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -294,9 +295,11 @@ def estimate_memory(config, layers="all", mixed_precision=None, devices=None):
     * rpn: the 512-channel shared conv output on every level, plus 12 x anchors per
       cell (class/box outputs and their concatenations).
     * roi_heads: per ROI (TRAIN_ROIS_PER_IMAGE per image), the box head's pooled 7x7x256
-      and two FC layers (conv + ReLU out), the mask head's pooled 14x14x256, four
-      conv+ReLU pairs, the 28x28x256 deconv output and the 28x28xNUM_CLASSES logits
-      (plus their float32 copy under mixed precision).
+      and two FC layers (conv + ReLU out); per positive slot (the mask head runs on
+      the int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) positive slots per image),
+      the mask head's pooled 14x14x256, four conv+ReLU pairs, the 28x28x256 deconv
+      output and the 28x28xNUM_CLASSES logits (plus their float32 copy under mixed
+      precision).
     * inputs: the molded image (float32), GT masks as bool plus one float32 copy made
       while cropping mask targets (MINI_MASK_SHAPE with USE_MINI_MASK, else the full
       image size -- the reason mini-masks matter), RPN targets, anchors.
@@ -399,15 +402,18 @@ def estimate_memory(config, layers="all", mixed_precision=None, devices=None):
 
     # ----------------------------------------------------------------- ROI heads
     rois = int(config.TRAIN_ROIS_PER_IMAGE)
+    # The mask head runs on the positive slots of the sample only.
+    mask_rois = positive_count(rois, config.ROI_POSITIVE_RATIO)
     pool, mpool = int(config.POOL_SIZE), int(config.MASK_POOL_SIZE)
     mh, mw = (int(v) for v in config.MASK_SHAPE)
     box_head = pool * pool * C + 4 * fc
     mask_head = (mpool * mpool * C * (1 + 2 * 4) + mh * mw * C + mh * mw * nc)
-    heads_f32 = 5 * nc + (mh * mw * nc if policy else 0)   # float32 logits/copies
+    box_f32 = 5 * nc                                       # float32 logits/copies
+    mask_f32 = mh * mw * nc if policy else 0
     heads_params = (pool * pool * C * fc + fc + fc * fc + fc + 4 * 2 * fc
                     + fc * nc + nc + fc * 4 * nc + 4 * nc
                     + 4 * (9 * C * C + C + 4 * C) + 4 * C * C + C + C * nc + nc)
-    largest = max(largest, mh * mw * C * rois)
+    largest = max(largest, mh * mw * C * mask_rois)
 
     # -------------------------------------------------------------------- inputs
     if config.USE_MINI_MASK:
@@ -447,7 +453,8 @@ def estimate_memory(config, layers="all", mixed_precision=None, devices=None):
         backbone=int(backbone * batch * act * k),
         fpn=int(fpn_kept * batch * act * k),
         rpn=int(rpn_kept * batch * act * k),
-        roi_heads=int(rois * batch * ((box_head + mask_head) * act + heads_f32 * f32) * k),
+        roi_heads=int(batch * ((rois * box_head + mask_rois * mask_head) * act
+                               + (rois * box_f32 + mask_rois * mask_f32) * f32) * k),
         inputs=inputs_bytes,
         workspace=workspace,
         params=params, trainable_params=trainable, bytes_per_activation=act,

@@ -66,3 +66,21 @@ class DetectionBoxes(layers.Layer):
 
     def compute_output_shape(self, s):
         return tuple(s[:-1]) + (4,)
+
+
+@keras.saving.register_keras_serializable(package="colabrcnn")
+class FirstSlots(layers.Layer):
+    """[B, T, ...] -> [B, count, ...]: the first ``count`` ROI slots (the positives)."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, x):
+        return x[:, :self.count]
+
+    def compute_output_shape(self, s):
+        return (s[0], self.count) + tuple(s[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}

@@ -51,10 +51,17 @@ class MRCNNBBoxLoss(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
 class MRCNNMaskLoss(keras.layers.Layer):
-    """target_masks [B, T, h, w], target_class_ids [B, T], mask logits [B, T, h, w, NC]."""
+    """target_masks [B, T, h, w], target_class_ids [B, T], mask logits [B, R, h, w, NC].
+
+    R <= T: the logits may cover only the first R slots (training runs the mask head on
+    the positive slots, which the sampler puts first); later slots hold no positives
+    and so add nothing to the loss.
+    """
 
     def call(self, target_masks, target_class_ids, mask_logits):
-        target = ops.cast(target_class_ids, "int32")
+        r = mask_logits.shape[1]
+        target_masks = target_masks[:, :r]
+        target = ops.cast(target_class_ids[:, :r], "int32")
         idx = ops.reshape(target, ops.shape(target) + (1, 1, 1))
         logits = ops.take_along_axis(ops.cast(mask_logits, "float32"), idx, axis=4)[..., 0]
         bce = keras.losses.binary_crossentropy(

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -34,11 +35,11 @@ from .detection import DetectionLayer
 from .fpn import fpn_graph
 from .heads import ClassifierHead, MaskHead
 from .inspection import InspectionMixin
-from .layers import ActiveClassIds, DetectionBoxes, MetaWindow, NormBoxes
+from .layers import ActiveClassIds, DetectionBoxes, FirstSlots, MetaWindow, NormBoxes
 from .losses import MRCNNBBoxLoss, MRCNNClassLoss, MRCNNMaskLoss
 from .roi_align import PyramidROIAlign
 from .rpn import ProposalLayer, RPNBBoxLoss, RPNClassLoss, build_rpn_model
-from .spec import LAYER_REGEX  # noqa: F401 (matterport's presets, importable here)
+from .spec import LAYER_REGEX, positive_count  # noqa: F401 (LAYER_REGEX: matterport's presets)
 from .targets import DetectionTargetLayer
 
 # BatchNorm's moving-average momentum on a loaded backbone (Keras' default, matterport's);
@@ -103,6 +104,7 @@ class MaskRCNN(InspectionMixin):
         self.run_name = (config.NAME or "model").lower()
         self.epoch = 0
         self._optimizer_state = None  # checkpoint whose optimizer state train() restores
+        self._compiled_step = None  # see compile(): what the compiled step was built for
         # Where the weights came from (colabrcnn.recipe.weights_origin): random until
         # load_weights() loads a backbone. Decides TRAIN_BN="auto" and the optimizer.
         self.weights_origin = recipe.random_origin()
@@ -251,7 +253,11 @@ class MaskRCNN(InspectionMixin):
                 rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks)
         t = c.TRAIN_ROIS_PER_IMAGE
         class_logits, _, deltas = self.classifier(roi_align(rois, *fmaps), t)
-        mask_logits = self.mask_head(mask_align(rois, *fmaps), t)
+        # The mask loss counts positives only, and the sampler puts them in the first
+        # slots: the mask head (the costliest part of the heads) runs on those alone.
+        n_pos = positive_count(t, c.ROI_POSITIVE_RATIO)
+        pos_rois = FirstSlots(n_pos, name="positive_rois", dtype="float32")(rois)
+        mask_logits = self.mask_head(mask_align(pos_rois, *fmaps), n_pos)
         active = ActiveClassIds(name="active_class_ids", dtype="float32")(input_meta)
         losses = {
             "rpn_class_loss": RPNClassLoss(name="rpn_class_loss", dtype="float32")(
@@ -428,17 +434,45 @@ class MaskRCNN(InspectionMixin):
     def compile(self, learning_rate, momentum=None, optimizer=None, end_epoch=1,
                 from_scratch=False):
         """Compile the training graph: SGD + schedule + accumulation (or ``optimizer``;
-        ``from_scratch``: the SCRATCH_* recipe, see colabrcnn.train.make_optimizer)."""
+        ``from_scratch``: the SCRATCH_* recipe, see colabrcnn.train.make_optimizer).
+
+        One compile per run: when the trainable weights and the optimizer's settings are
+        those of the last compile, the compiled training step is kept (no retracing, no
+        XLA compile) with its optimizer, whose state then carries on as on a resume;
+        only a changed constant learning rate is set. Other changes (``layers``, a
+        schedule's settings or length, momentum, the recipe) compile anew; so does a
+        given ``optimizer``.
+        """
         with self.scope():  # TF optimizers must be created in the strategy's scope
+            key = None
             if optimizer is None:
                 optimizer = train_lib.make_optimizer(self.config, learning_rate, end_epoch,
                                                      momentum, from_scratch=from_scratch)
+                key = self._step_key(optimizer)
+                if self._compiled_step == key:
+                    if isinstance(optimizer.get_config()["learning_rate"], float):
+                        self.keras_model.optimizer.learning_rate = learning_rate
+                    return
             optimizer = distribute.optimizer_in_scope(optimizer, self.distribution)
             jit = "auto"
             if keras.backend.backend() == "torch":
                 jit = False  # see DESIGN: torch.compile is unreliable here; train eagerly
             # With a mixed_float16 policy Keras wraps the optimizer in a LossScaleOptimizer.
             self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
+            self._compiled_step = key
+
+    def _step_key(self, optimizer):
+        """What the compiled training step depends on: the Keras model itself (rebuilt
+        after an out-of-memory reduction), its trainable weights and the optimizer's
+        settings. A constant learning rate is a variable of the optimizer, not part of
+        it; a schedule's settings are (they are traced into the step)."""
+        settings = optimizer.get_config()
+        settings.pop("name")  # unique per optimizer object
+        if isinstance(settings["learning_rate"], float):  # not a schedule
+            settings.pop("learning_rate")
+        return (weakref.ref(self.keras_model),
+                tuple(v.path for v in self.keras_model.trainable_variables),
+                type(optimizer).__name__, repr(sorted(settings.items())))
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,

@@ -367,7 +367,7 @@ def crop_and_resize(images, boxes, box_indices, crop_size, implementation="auto"
 
 # Pixels by which a sample point may fall outside the image and still read the border
 # (float32 rounding of the sampling grid; see _crop_and_resize_pure).
-_BORDER_SLACK = 1e-3
+BORDER_SLACK = 1e-3
 
 
 def _sample_grid(lo, hi, size, crop):
@@ -403,18 +403,21 @@ def _crop_and_resize_pure(images, boxes, box_indices, crop_size):
     # are common) can land an ulp outside after rounding — XLA fuses the sampling
     # grid into FMAs, so e.g. a flipped [1, 0] box ends at -5e-7 — and TF would return
     # 0 there. Within the slack we sample the border instead.
-    valid_y = ops.logical_and(in_y >= -_BORDER_SLACK, in_y <= h_f - 1.0 + _BORDER_SLACK)
-    valid_x = ops.logical_and(in_x >= -_BORDER_SLACK, in_x <= w_f - 1.0 + _BORDER_SLACK)
+    valid_y = ops.logical_and(in_y >= -BORDER_SLACK, in_y <= h_f - 1.0 + BORDER_SLACK)
+    valid_x = ops.logical_and(in_x >= -BORDER_SLACK, in_x <= w_f - 1.0 + BORDER_SLACK)
 
     top = ops.floor(in_y)
     left = ops.floor(in_x)
     y_lerp = (in_y - top)[:, :, None, None]                                # [N, h, 1, 1]
     x_lerp = (in_x - left)[:, None, :, None]                               # [N, 1, w, 1]
-    # Indices clipped into the image; samples outside it are zeroed below.
+    # Indices clipped into the image; samples outside it are zeroed below. The second
+    # corner is the next pixel, not ceil(): a compiler that recomputes the coordinate
+    # with other rounding could otherwise pair floor(7.9999995) = 7 with ceil(8.0000005)
+    # = 9 and send the gradient a pixel too far (for integer coordinates its weight is 0).
     top_i = ops.clip(ops.cast(top, "int32"), 0, height - 1)
-    bottom_i = ops.clip(ops.cast(ops.ceil(in_y), "int32"), 0, height - 1)
+    bottom_i = ops.clip(ops.cast(top, "int32") + 1, 0, height - 1)
     left_i = ops.clip(ops.cast(left, "int32"), 0, width - 1)
-    right_i = ops.clip(ops.cast(ops.ceil(in_x), "int32"), 0, width - 1)
+    right_i = ops.clip(ops.cast(left, "int32") + 1, 0, width - 1)
 
     # Row offsets into the flattened [B*H*W, C] images: (b*H + y)*W.
     base = box_indices[:, None] * height                                  # [N, 1]

@@ -32,3 +32,10 @@ LAYER_REGEX: dict[str, str] = {
 def block_letter(index: int) -> str:
     """Block name within a stage: 0 -> 'a', 1 -> 'b', ... (matterport's naming)."""
     return chr(ord("a") + index)
+
+
+def positive_count(train_rois_per_image: int, positive_ratio: float) -> int:
+    """Slots for positives at the start of each image's ROI sample (matterport's
+    ``int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO)``); training runs the mask head on
+    these slots only (at least one)."""
+    return max(1, int(train_rois_per_image * positive_ratio))

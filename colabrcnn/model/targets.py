@@ -38,7 +38,7 @@ class DetectionTargetLayer(keras.layers.Layer):
 
     def call(self, proposals, gt_class_ids, gt_boxes, gt_masks):
         T = self.train_rois_per_image
-        n_pos = int(T * self.positive_ratio)
+        n_pos = int(T * self.positive_ratio)  # spec.positive_count, 0 allowed here
         n_neg = T - n_pos
         gt_class_ids = ops.cast(gt_class_ids, "int32")
         gt_boxes = ops.cast(gt_boxes, "float32")
