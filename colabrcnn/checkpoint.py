@@ -24,6 +24,9 @@ The newest run: run folders are ordered by the timestamp in their name (then by 
 within a run, checkpoints by (epochs done, step). The newest checkpoint is the last
 complete checkpoint of the newest run that has one. File modification times are not
 used (Drive copies and syncs change them).
+
+Just over 500 lines: naming, saving, finding and loading checkpoints are one concern
+and stay in one file.
 """
 from __future__ import annotations
 

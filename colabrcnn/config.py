@@ -11,6 +11,9 @@ or pass overrides as keywords: ``Config(NAME="shapes", NUM_CLASSES=4)``.
 Derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE) are computed in
 ``__init__`` and every setting is validated there; an impossible setting raises
 :class:`colabrcnn.errors.ConfigError` saying what to change.
+
+Over 500 lines on purpose: every setting, its matterport default and its check sit in
+one file, the one users read to learn what they can set.
 """
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ Two families:
 
 Colours are stable per class (:func:`class_color`), so "balloon" is the same colour in
 every picture and every run.
+
+One module (~600 lines) on purpose: matterport's ``visualize`` is one module and the
+migration rule is ``mrcnn.visualize`` -> ``colabrcnn.visualize``, name for name.
 """
 from __future__ import annotations
 

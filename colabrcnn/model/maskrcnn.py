@@ -8,6 +8,11 @@
 One set of layers (backbone + FPN, RPN, heads) is built per MaskRCNN; the training
 graph and the inference graph are both wired from it, so a training-mode model can
 also ``detect`` without a round trip through a file.
+
+Over 500 lines on purpose: this is matterport's ``MaskRCNN`` class, whose public
+methods (train, detect, load_weights, find_last, set_log_dir, mold_inputs, ...) are
+the API users port; each method is a thin front for the module that does the work
+(graphs here, training ``train.py``, files ``checkpoint.py``, molding ``transform.py``).
 """
 from __future__ import annotations
 
