@@ -276,9 +276,11 @@ def check_optimizer_restores(model, path):
     assert int(keras.ops.convert_to_numpy(model.keras_model.optimizer.iterations)) > 0
 
 def rt_config(gpu_count, images_per_gpu):
-    # matterport's optimizer (momentum, clipping): momentum buffers to round-trip.
+    # matterport's optimizer (SGD with momentum, clipping): momentum buffers to
+    # round-trip. OPTIMIZER is named, so a random backbone does not switch to the
+    # from-scratch recipe (Adam) and compile() below builds the same optimizer.
     return dist_config(GPU_COUNT=gpu_count, IMAGES_PER_GPU=images_per_gpu,
-                      LEARNING_MOMENTUM=0.9, GRADIENT_CLIP_NORM=5.0)
+                      OPTIMIZER="sgd", LEARNING_MOMENTUM=0.9, GRADIENT_CLIP_NORM=5.0)
 
 def trained(gpu_count, images_per_gpu, start=None, epochs=1, sub="run"):
     keras.utils.set_random_seed(0)
