@@ -357,7 +357,7 @@ def write_config(log_dir, config) -> str:
 def _derived_settings():
     """Settings Config.__init__ computes (BATCH_SIZE, IMAGE_SHAPE, ...): not inputs."""
     cfg = Config(NUM_CLASSES=2)
-    derived = {k for k in vars(cfg) if k.isupper()} - set(Config._setting_names())
+    derived = {k for k in vars(cfg) if k.isupper()} - set(Config.setting_names())
     return derived | {"BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE"}
 
 

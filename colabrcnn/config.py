@@ -303,7 +303,7 @@ class Config:
                     f"IMAGES_PER_GPU; see Config.display() for the list.")
             setattr(self, key, value)
         # Copy mutable class-level defaults so instances never share them.
-        for key in self._setting_names():
+        for key in self.setting_names():
             value = getattr(self, key)
             if isinstance(value, (list, dict, np.ndarray)):
                 setattr(self, key, copy.deepcopy(value))
@@ -475,7 +475,8 @@ class Config:
 
     # ------------------------------------------------------------- helpers
     @classmethod
-    def _setting_names(cls):
+    def setting_names(cls) -> list[str]:
+        """Every setting a Config (sub)class declares (upper-case class attributes)."""
         names = set()
         for klass in cls.__mro__:
             names.update(k for k in vars(klass) if k.isupper())
@@ -484,7 +485,7 @@ class Config:
     def to_dict(self):
         """All settings (derived ones included) as plain JSON-friendly values."""
         out = {}
-        for key in sorted(set(self._setting_names()) | {k for k in vars(self) if k.isupper()}):
+        for key in sorted(set(self.setting_names()) | {k for k in vars(self) if k.isupper()}):
             value = getattr(self, key)
             if callable(value):
                 value = getattr(value, "__name__", repr(value))
@@ -500,7 +501,7 @@ class Config:
 
     def copy(self, **overrides):
         """A new Config of the same class with some settings changed (re-validated)."""
-        values = {k: getattr(self, k) for k in self._setting_names()}
+        values = {k: getattr(self, k) for k in self.setting_names()}
         values.update(overrides)
         new = type(self).__new__(type(self))
         try:

@@ -41,7 +41,7 @@ def config_path_for(path):
 
 def _keras_model(model):
     if isinstance(model, MaskRCNN):
-        return model._graph("inference")
+        return model.graph("inference")
     import keras
     if isinstance(model, keras.Model):
         return model

@@ -361,8 +361,7 @@ def _run_epochs(model, train_gen, val_gen, step, epochs, layers, learning_rate,
 
 def _start_epoch(gen, epoch):
     """Put a DataGenerator at ``epoch`` so a resumed run sees the same batch order."""
-    gen.epoch = epoch
-    gen._order = gen._make_order(epoch)  # TODO(data): a public DataGenerator.set_epoch
+    gen.set_epoch(epoch)
 
 
 def _fit(model, train_gen, val_gen, initial_epoch, epochs, layers, custom_callbacks,

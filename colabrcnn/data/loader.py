@@ -92,6 +92,12 @@ class DataGenerator(_PyDataset):
     def __len__(self):
         return self.steps
 
+    def set_epoch(self, epoch: int) -> None:
+        """Put the generator at ``epoch``: the batch order of that epoch (seeded by
+        (seed, epoch)), so a resumed run sees the batches an uninterrupted one would."""
+        self.epoch = int(epoch)
+        self._order = self._make_order(self.epoch)
+
     def on_epoch_end(self):
         self.epoch += 1
         self._order = self._make_order(self.epoch)

@@ -159,7 +159,7 @@ class InspectionMixin:
             log("Processing {} images".format(len(molded_images)))
             log("molded_images", molded_images)
             log("image_metas", image_metas)
-        model = self._graph("inference")
+        model = self.graph("inference")
         bs = self.config.BATCH_SIZE
         results = []
         for start in range(0, len(molded_images), bs):

@@ -135,7 +135,7 @@ class MaskRCNN(InspectionMixin):
         with self.scope(), _dtype_policy(self.dtype_policy):
             self._build_layers()
         self._graphs = {}
-        self.keras_model = self._graph(self.mode)
+        self.keras_model = self.graph(self.mode)
         self.apply_batchnorm()
 
     def apply_batchnorm(self) -> bool:
@@ -195,7 +195,9 @@ class MaskRCNN(InspectionMixin):
                 "feature_strides": list(c.BACKBONE_STRIDES),
                 "anchor_stride": c.RPN_ANCHOR_STRIDE, "image_shape": list(image_shape[:2])}
 
-    def _graph(self, mode):
+    def graph(self, mode: str) -> keras.Model:
+        """The keras Model of ``mode`` ("training" or "inference"), wired on first use
+        from the shared layers (so a training-mode MaskRCNN also has an inference graph)."""
         if mode not in self._graphs:
             with self.scope(), _dtype_policy(self.dtype_policy):
                 self._graphs[mode] = self._wire(mode)
@@ -353,7 +355,7 @@ class MaskRCNN(InspectionMixin):
                 f"MaskRCNN.save_weights) and load that with exclude=")
         problems = []
         for mode in (self.mode, "inference" if self.mode == "training" else "training"):
-            graph = self._graph(mode)
+            graph = self.graph(mode)
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -528,7 +530,7 @@ class MaskRCNN(InspectionMixin):
         Returns one dict per image: rois [N, (y1, x1, y2, x2)] in original pixels,
         class_ids [N], scores [N], masks [H, W, N] bool at the original size.
         """
-        model = self._graph("inference")
+        model = self.graph("inference")
         images = list(images)
         bs = self.config.BATCH_SIZE
         results = []
