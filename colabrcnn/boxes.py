@@ -77,17 +77,30 @@ def apply_box_deltas(boxes, deltas) -> np.ndarray:
     return np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=1)
 
 
-def norm_boxes(boxes, shape) -> np.ndarray:
-    """Pixel boxes -> normalized: (y1, x1, y2 - 1, x2 - 1) / (h - 1, w - 1)."""
+def norm_boxes(boxes, shape, style: str = "matterport") -> np.ndarray:
+    """Pixel boxes -> normalized.
+
+    style "matterport": (y1, x1, y2 - 1, x2 - 1) / (h - 1, w - 1) (matterport's rule,
+    which its weights learned); "torchvision": (y1, x1, y2, x2) / (h, w), a plain
+    rescaling, so box deltas mean the same in pixels and in normalized units
+    (Config.DETECTOR_STYLE).
+    """
     h, w = shape[:2]
+    if style == "torchvision":
+        scale = np.array([h, w, h, w], dtype=np.float32)
+        return (np.asarray(boxes, dtype=np.float32) / scale).astype(np.float32)
     scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float32)
     shift = np.array([0, 0, 1, 1], dtype=np.float32)
     return ((np.asarray(boxes, dtype=np.float32) - shift) / scale).astype(np.float32)
 
 
-def denorm_boxes(boxes, shape) -> np.ndarray:
-    """Normalized boxes -> pixel boxes (inverse of norm_boxes), int32."""
+def denorm_boxes(boxes, shape, style: str = "matterport") -> np.ndarray:
+    """Normalized boxes -> pixel boxes (inverse of norm_boxes): int32 for matterport's
+    style, float32 (unrounded, as torchvision reports them) for "torchvision"."""
     h, w = shape[:2]
+    if style == "torchvision":
+        scale = np.array([h, w, h, w], dtype=np.float32)
+        return (np.asarray(boxes, dtype=np.float32) * scale).astype(np.float32)
     scale = np.array([h - 1, w - 1, h - 1, w - 1], dtype=np.float32)
     shift = np.array([0, 0, 1, 1], dtype=np.float32)
     return np.around(np.asarray(boxes, dtype=np.float32) * scale + shift).astype(np.int32)

@@ -27,6 +27,8 @@ from .errors import ConfigError
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 RESIZE_MODES = ("square", "pad64", "crop", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# Whose architecture conventions BACKBONE_STYLE / DETECTOR_STYLE follow.
+STYLES = ("matterport", "torchvision")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -295,6 +297,28 @@ class Config:
     SCRATCH_LR_WARMUP_STEPS = 0
     SCRATCH_BN_MOMENTUM = 0.9
 
+    # ---- torchvision's Mask R-CNN inside this model (colabrcnn.TorchvisionR50FPN sets
+    # all of these; the defaults are matterport's model, which its weights need).
+    # "torchvision": ResNet v1.5 (stride on the 3x3 conv of a bottleneck), PyTorch's
+    # symmetric padding of strided convs and the stem's max-pool, convs without bias,
+    # BatchNorm epsilon 1e-5. "matterport": Caffe-style ResNet as in mask_rcnn_coco.h5.
+    BACKBONE_STYLE = "matterport"
+    # Images are (pixel - MEAN_PIXEL) / PIXEL_STD; torchvision's ImageNet std in 0-255
+    # units is [58.395, 57.12, 57.375].
+    PIXEL_STD = np.array([1.0, 1.0, 1.0])
+    # Channels of the RPN's shared 3x3 conv (matterport 512, torchvision 256).
+    RPN_CONV_CHANNELS = 512
+    # BatchNorm after the convs of the box and mask heads (matterport's heads have it,
+    # torchvision's v1 heads do not).
+    HEAD_BATCHNORM = True
+    # "torchvision": its box geometry and post-processing - boxes normalized by the
+    # image size (not size - 1), anchors rounded to whole pixels, per-level top
+    # PRE_NMS_LIMIT proposals with NMS per level and deltas clamped at log(1000/16),
+    # its ROIAlign (aligned=False, 2x2 samples per bin, level = floor(4 + log2(s/224))),
+    # every class of every box as a candidate detection, and masks pasted as its
+    # paste_masks_in_image. "matterport": matterport's.
+    DETECTOR_STYLE = "matterport"
+
     def __init__(self, **overrides):
         for key, value in overrides.items():
             if not key.isupper() or not hasattr(type(self), key):
@@ -307,7 +331,7 @@ class Config:
             value = getattr(self, key)
             if isinstance(value, (list, dict, np.ndarray)):
                 setattr(self, key, copy.deepcopy(value))
-        for name in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
+        for name in ("MEAN_PIXEL", "PIXEL_STD", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
             setattr(self, name, _as_float_array(name, getattr(self, name)))
         self.validate()
 
@@ -389,6 +413,10 @@ class Config:
         _check_int("SCRATCH_LR_WARMUP_STEPS", self.SCRATCH_LR_WARMUP_STEPS, low=0)
         _check_number("SCRATCH_BN_MOMENTUM", self.SCRATCH_BN_MOMENTUM, low=0, high=1,
                       low_open=True, high_open=True, note="e.g. 0.9")
+        _check_choice("BACKBONE_STYLE", self.BACKBONE_STYLE, STYLES)
+        _check_choice("DETECTOR_STYLE", self.DETECTOR_STYLE, STYLES)
+        _check_choice("HEAD_BATCHNORM", self.HEAD_BATCHNORM, (True, False))
+        _check_int("RPN_CONV_CHANNELS", self.RPN_CONV_CHANNELS, low=1)
         need(self.NAME is None or isinstance(self.NAME, str),
              f"NAME must be text (it names the run folders), got {self.NAME!r}.")
         _check_sequence("BACKBONE_STRIDES", self.BACKBONE_STRIDES, length=5, integer=True,
@@ -408,6 +436,9 @@ class Config:
                         note="twice MASK_POOL_SIZE, e.g. [28, 28]")
         _check_sequence("MEAN_PIXEL", self.MEAN_PIXEL, low=0, high=255,
                         note="the mean of each image channel, e.g. [123.7, 116.8, 103.9]")
+        _check_sequence("PIXEL_STD", self.PIXEL_STD, low=0, low_open=True,
+                        note="the standard deviation each image channel is divided by "
+                        "after MEAN_PIXEL is subtracted, e.g. [1, 1, 1]")
         for name in ("BBOX_STD_DEV", "RPN_BBOX_STD_DEV"):
             _check_sequence(name, getattr(self, name), length=4, low=0, low_open=True,
                             note="(dy, dx, dh, dw), e.g. [0.1, 0.1, 0.2, 0.2]")
@@ -457,6 +488,9 @@ class Config:
         need(np.shape(self.MEAN_PIXEL) == (self.IMAGE_CHANNEL_COUNT,),
              f"MEAN_PIXEL has {np.size(self.MEAN_PIXEL)} values but IMAGE_CHANNEL_COUNT is "
              f"{self.IMAGE_CHANNEL_COUNT}: give one mean per channel.")
+        need(np.shape(self.PIXEL_STD) == (self.IMAGE_CHANNEL_COUNT,),
+             f"PIXEL_STD has {np.size(self.PIXEL_STD)} values but IMAGE_CHANNEL_COUNT is "
+             f"{self.IMAGE_CHANNEL_COUNT}: give one standard deviation per channel.")
         need(self.POST_NMS_ROIS_TRAINING <= self.PRE_NMS_LIMIT
              and self.POST_NMS_ROIS_INFERENCE <= self.PRE_NMS_LIMIT,
              f"POST_NMS_ROIS_TRAINING/INFERENCE ({self.POST_NMS_ROIS_TRAINING}/"
