@@ -7,7 +7,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .config import Config  # noqa: E402
+from .config import Config, TorchvisionR50FPN  # noqa: E402
 from .errors import (AnnotationError, ColabRCNNError, ConfigError,  # noqa: E402
                      GPUMemoryError, WeightsError)
 from .data.dataset import Dataset  # noqa: E402
@@ -43,5 +43,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'colabrcnn' has no attribute {name!r}")
 
 
-__all__ = ["Config", "Dataset", "MaskRCNN", "ColabRCNNError", "ConfigError",
+__all__ = ["Config", "TorchvisionR50FPN", "Dataset", "MaskRCNN", "ColabRCNNError", "ConfigError",
            "AnnotationError", "WeightsError", "GPUMemoryError", "__version__"] + list(_LAZY)

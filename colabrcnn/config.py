@@ -180,7 +180,8 @@ class Config:
     RPN_NMS_THRESHOLD = 0.7
     # Anchors per image used for RPN training.
     RPN_TRAIN_ANCHORS_PER_IMAGE = 256
-    # Top anchors (by RPN score) kept before NMS.
+    # Top anchors (by RPN score) kept before NMS: of all levels together, or of each
+    # pyramid level with DETECTOR_STYLE = "torchvision" (torchvision's pre_nms_top_n).
     PRE_NMS_LIMIT = 6000
     # ROIs kept after NMS.
     POST_NMS_ROIS_TRAINING = 2000
@@ -491,11 +492,22 @@ class Config:
         need(np.shape(self.PIXEL_STD) == (self.IMAGE_CHANNEL_COUNT,),
              f"PIXEL_STD has {np.size(self.PIXEL_STD)} values but IMAGE_CHANNEL_COUNT is "
              f"{self.IMAGE_CHANNEL_COUNT}: give one standard deviation per channel.")
-        need(self.POST_NMS_ROIS_TRAINING <= self.PRE_NMS_LIMIT
-             and self.POST_NMS_ROIS_INFERENCE <= self.PRE_NMS_LIMIT,
-             f"POST_NMS_ROIS_TRAINING/INFERENCE ({self.POST_NMS_ROIS_TRAINING}/"
-             f"{self.POST_NMS_ROIS_INFERENCE}) cannot exceed PRE_NMS_LIMIT "
-             f"({self.PRE_NMS_LIMIT}).")
+        if self.DETECTOR_STYLE == "torchvision":
+            # PRE_NMS_LIMIT counts per pyramid level: the levels together keep up to
+            # one per anchor scale times as many.
+            levels = len(self.RPN_ANCHOR_SCALES)
+            need(max(self.POST_NMS_ROIS_TRAINING, self.POST_NMS_ROIS_INFERENCE)
+                 <= levels * self.PRE_NMS_LIMIT,
+                 f"POST_NMS_ROIS_TRAINING/INFERENCE ({self.POST_NMS_ROIS_TRAINING}/"
+                 f"{self.POST_NMS_ROIS_INFERENCE}) cannot exceed the {levels} pyramid "
+                 f"levels times PRE_NMS_LIMIT ({self.PRE_NMS_LIMIT} per level with "
+                 f"DETECTOR_STYLE='torchvision').")
+        else:
+            need(self.POST_NMS_ROIS_TRAINING <= self.PRE_NMS_LIMIT
+                 and self.POST_NMS_ROIS_INFERENCE <= self.PRE_NMS_LIMIT,
+                 f"POST_NMS_ROIS_TRAINING/INFERENCE ({self.POST_NMS_ROIS_TRAINING}/"
+                 f"{self.POST_NMS_ROIS_INFERENCE}) cannot exceed PRE_NMS_LIMIT "
+                 f"({self.PRE_NMS_LIMIT}).")
         need(self.TRAIN_ROIS_PER_IMAGE <= self.POST_NMS_ROIS_TRAINING,
              f"TRAIN_ROIS_PER_IMAGE ({self.TRAIN_ROIS_PER_IMAGE}) cannot exceed "
              f"POST_NMS_ROIS_TRAINING ({self.POST_NMS_ROIS_TRAINING}).")
@@ -557,3 +569,43 @@ class Config:
     def __repr__(self):
         return f"<{type(self).__name__} NAME={self.NAME!r} BACKBONE={self.BACKBONE!r} " \
                f"NUM_CLASSES={self.NUM_CLASSES} IMAGE_SHAPE={list(self.IMAGE_SHAPE)}>"
+
+
+class TorchvisionR50FPN(Config):
+    """torchvision's ``maskrcnn_resnet50_fpn`` (v1) in this model, for its COCO weights::
+
+        config = TorchvisionR50FPN(NAME="mine", NUM_CLASSES=1 + 3)   # or keep 91
+        model = MaskRCNN("training", config, "logs")
+        model.load_weights(weights.fetch("torchvision-coco"), by_name=True,
+                           exclude=weights.HEADS)
+
+    Its ResNet-50 v1.5 with frozen BatchNorm, (x - mean) / std input scaling, a 256-wide
+    RPN conv with anchor ratios h/w (0.5, 1, 2) (our w/h [2, 1, 0.5], same order), box
+    coder weights (1, 1, 1, 1) for the RPN and (10, 10, 5, 5) for the heads, per-level
+    proposal selection, BatchNorm-free heads and its post-processing thresholds.
+    NUM_CLASSES 91 is torchvision's COCO label space (category ids, with gaps).
+    torchvision resizes to a short side of 800 and a long side of at most 1333; here
+    IMAGE_MAX_DIM is 1344, the next multiple of 64.
+    """
+    NAME = "torchvision_r50_fpn"
+    BACKBONE = "resnet50"
+    BACKBONE_STYLE = "torchvision"
+    DETECTOR_STYLE = "torchvision"
+    HEAD_BATCHNORM = False
+    RPN_CONV_CHANNELS = 256
+    NUM_CLASSES = 91
+    MEAN_PIXEL = np.array([123.675, 116.28, 103.53])
+    PIXEL_STD = np.array([58.395, 57.12, 57.375])
+    RPN_ANCHOR_RATIOS = [2, 1, 0.5]
+    RPN_BBOX_STD_DEV = np.array([1.0, 1.0, 1.0, 1.0])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    PRE_NMS_LIMIT = 1000
+    POST_NMS_ROIS_INFERENCE = 1000
+    POST_NMS_ROIS_TRAINING = 2000
+    DETECTION_MIN_CONFIDENCE = 0.05
+    DETECTION_NMS_THRESHOLD = 0.5
+    DETECTION_MAX_INSTANCES = 100
+    TRAIN_ROIS_PER_IMAGE = 512
+    ROI_POSITIVE_RATIO = 0.25
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1344

@@ -48,7 +48,8 @@ def weights_origin(path, report: dict, state: dict | None = None,
     previous: the model's origin before this call; a load that brings no backbone
     layer (heads only) keeps the previous backbone's origin.
 
-    Returns {"source": "coco" | "imagenet" | "checkpoint" | "weights file", "path",
+    Returns {"source": "coco" | "imagenet" | "torchvision" | "checkpoint" |
+    "weights file", "path",
     "backbone_loaded": whether any backbone layer was loaded, "scratch_run": the file
     is a checkpoint of a run that started from random weights (resuming it keeps that
     run's recipe)}.
@@ -61,6 +62,8 @@ def weights_origin(path, report: dict, state: dict | None = None,
     if state is not None:
         source = "checkpoint"
         scratch_run = str(state.get("weights_origin", "")) == "random"
+    elif layout == "torchvision":
+        source = "torchvision"
     elif "keras-applications" in layout or "keras3" in layout or "imagenet" in name \
             or "resnet50_weights" in name or "resnet101_weights" in name:
         source = "imagenet"

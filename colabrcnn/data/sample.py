@@ -69,8 +69,9 @@ class Placed:
     def _source(self, r0, r1, c0, c1):
         return self.image[r0 + self.oy:r1 + self.oy, c0 + self.ox:c1 + self.ox]
 
-    def molded_into(self, out, mean):
-        """Write the molded image (padded pixel minus MEAN_PIXEL) into ``out``."""
+    def molded_into(self, out, mean, std=None):
+        """Write the molded image ((padded pixel - MEAN_PIXEL) / PIXEL_STD) into ``out``;
+        std None: no division (PIXEL_STD all ones)."""
         if out.shape != self.shape or out.dtype != np.float32:
             raise ValueError(f"image_out must be float32 {self.shape}, got {out.dtype} "
                              f"{out.shape}")
@@ -84,6 +85,8 @@ class Placed:
             out[r0:r1, c1:] = -mean
         else:
             out[...] = -mean
+        if std is not None:
+            np.divide(out, std, out=out)
         return out
 
     def full_masks(self):
@@ -265,7 +268,7 @@ class SampleBuilder:
         shape = p.shape
         # Molded straight into the output (transform.mold_image of the padded image).
         molded = image_out if image_out is not None else np.empty(shape, np.float32)
-        p.molded_into(molded, np.asarray(c.MEAN_PIXEL, np.float32))
+        p.molded_into(molded, np.asarray(c.MEAN_PIXEL, np.float32), transform.pixel_std(c))
         boxes, class_ids, crops = p.boxes, p.class_ids, p.crops
 
         all_anchors = anchors.get_anchors(c, shape)

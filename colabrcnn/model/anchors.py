@@ -23,14 +23,20 @@ def compute_backbone_shapes(config, image_shape) -> np.ndarray:
 
 
 def generate_anchors(scale: float, ratios, shape, feature_stride: int,
-                     anchor_stride: int) -> np.ndarray:
+                     anchor_stride: int, style: str = "matterport") -> np.ndarray:
     """Anchors of one level: [h * w * len(ratios), (y1, x1, y2, x2)] in pixels.
 
     Ordered by cell (row-major), then by ratio, matching the RPN head's output order.
+    style "torchvision" (Config.DETECTOR_STYLE): half-sizes rounded to whole pixels, as
+    torchvision's AnchorGenerator rounds its base anchors (same centres, stride * i).
     """
     ratios = np.asarray(ratios, dtype=np.float64)
     heights = scale / np.sqrt(ratios)   # ratio = width / height
     widths = scale * np.sqrt(ratios)
+    if style == "torchvision":
+        # torch.round of (-w/2, -h/2, w/2, h/2): half to even, symmetric about 0.
+        heights = 2 * np.round(heights / 2)
+        widths = 2 * np.round(widths / 2)
     shifts_y = np.arange(0, shape[0], anchor_stride) * feature_stride
     shifts_x = np.arange(0, shape[1], anchor_stride) * feature_stride
     shifts_x, shifts_y = np.meshgrid(shifts_x, shifts_y)
@@ -42,25 +48,26 @@ def generate_anchors(scale: float, ratios, shape, feature_stride: int,
 
 
 def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides,
-                             anchor_stride: int) -> np.ndarray:
+                             anchor_stride: int, style: str = "matterport") -> np.ndarray:
     """All levels' anchors concatenated, P2 first: [A, 4] pixels."""
     return np.concatenate([
         generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i],
-                         anchor_stride) for i in range(len(scales))], axis=0)
+                         anchor_stride, style) for i in range(len(scales))], axis=0)
 
 
 def get_anchors(config, image_shape=None) -> np.ndarray:
     """Pixel anchors for the config's (or the given) image shape; cached per shape."""
     image_shape = tuple(int(v) for v in (image_shape if image_shape is not None
                                          else config.IMAGE_SHAPE)[:2])
+    style = getattr(config, "DETECTOR_STYLE", "matterport")
     key = (image_shape, tuple(config.RPN_ANCHOR_SCALES), tuple(config.RPN_ANCHOR_RATIOS),
-           tuple(config.BACKBONE_STRIDES), config.RPN_ANCHOR_STRIDE)
+           tuple(config.BACKBONE_STRIDES), config.RPN_ANCHOR_STRIDE, style)
     cache = _ANCHOR_CACHE
     if key not in cache:
         shapes = compute_backbone_shapes(config, image_shape)
         cache[key] = generate_pyramid_anchors(
             config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes,
-            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE).astype(np.float32)
+            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE, style).astype(np.float32)
     return cache[key]
 
 

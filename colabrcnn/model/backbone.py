@@ -1,8 +1,12 @@
 """ResNet backbones with matterport's layer names: image -> [C1, C2, C3, C4, C5].
 
 ResNet-50/101 follow matterport's (Caffe-style: stride on the first 1x1 conv, convs with
-bias) so that ``mask_rcnn_coco.h5`` and the old ImageNet file load by name. ResNet-18
-is ours: basic blocks, for CPU demos and tests. Block counts and filters come from
+bias) so that ``mask_rcnn_coco.h5`` and the old ImageNet file load by name. With
+``style="torchvision"`` (Config.BACKBONE_STYLE) they are torchvision's ResNet v1.5 under
+the same layer names: stride on the 3x3 conv, PyTorch's symmetric padding of strided
+convs and of the stem's max-pool, convs without bias, BatchNorm epsilon 1e-5 (its
+FrozenBatchNorm2d), so that its weights load (``colabrcnn/weights/torchvision.py``).
+ResNet-18 is ours: basic blocks, for CPU demos and tests. Block counts and filters come from
 ``model/spec.py``; the feature pyramid is in ``model/fpn.py``.
 """
 import keras
@@ -30,9 +34,48 @@ class BatchNorm(layers.BatchNormalization):
         return {**super().get_config(), "train_bn": self.train_bn}
 
 
-def _conv(filters, kernel, name, strides=1, padding="valid"):
+STYLES = ("matterport", "torchvision")
+# torchvision's FrozenBatchNorm2d epsilon (Keras' and matterport's default is 1e-3).
+TORCHVISION_BN_EPSILON = 1e-5
+
+
+def _conv(filters, kernel, name, strides=1, padding="valid", use_bias=True):
     return layers.Conv2D(filters, kernel, strides=strides, padding=padding, name=name,
-                         use_bias=True, kernel_initializer="he_normal")
+                         use_bias=use_bias, kernel_initializer="he_normal")
+
+
+def _torch_conv(x, filters, kernel, name, strides=1):
+    """PyTorch's Conv2d(padding=kernel // 2, bias=False): symmetric zero padding (Keras'
+    "same" pads a strided conv at the bottom/right only) then a 'valid' conv."""
+    pad = kernel // 2
+    if pad:
+        x = layers.ZeroPadding2D(pad, name=name + "_pad")(x)
+    return _conv(filters, kernel, name, strides=strides, use_bias=False)(x)
+
+
+def torchvision_bottleneck_block(x, filters, stage, block, strides=None, train_bn=False):
+    """torchvision's Bottleneck (ResNet v1.5: the stride is on the 3x3 'branch2b' conv);
+    with ``strides`` a conv block (projection shortcut, 1x1 conv with that stride)."""
+    f1, f2, f3 = filters
+    conv_name = f"res{stage}{block}_branch"
+    bn_name = f"bn{stage}{block}_branch"
+    s = strides or 1
+    eps = TORCHVISION_BN_EPSILON
+    y = _torch_conv(x, f1, 1, conv_name + "2a")
+    y = BatchNorm(train_bn, epsilon=eps, name=bn_name + "2a")(y)
+    y = layers.Activation("relu")(y)
+    y = _torch_conv(y, f2, 3, conv_name + "2b", strides=s)
+    y = BatchNorm(train_bn, epsilon=eps, name=bn_name + "2b")(y)
+    y = layers.Activation("relu")(y)
+    y = _torch_conv(y, f3, 1, conv_name + "2c")
+    y = BatchNorm(train_bn, epsilon=eps, name=bn_name + "2c")(y)
+    if strides is not None:
+        shortcut = _torch_conv(x, f3, 1, conv_name + "1", strides=s)
+        shortcut = BatchNorm(train_bn, epsilon=eps, name=bn_name + "1")(shortcut)
+    else:
+        shortcut = x
+    y = layers.Add(name=f"res{stage}{block}_add")([y, shortcut])
+    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
 def bottleneck_block(x, kernel_size, filters, stage, block, strides=None, train_bn=False):
@@ -124,19 +167,35 @@ def _block(x, remat, name, fn):
 
 
 def resnet_graph(input_image, architecture: str, train_bn: bool = False,
-                 remat: bool = False) -> list:
+                 remat: bool = False, style: str = "matterport") -> list:
     """ResNet body -> [C1, C2, C3, C4, C5] (strides 2, 4, 8, 16, 32).
 
     remat: recompute each residual block's activations in the backward pass.
+    style: "matterport" (Caffe-style) or "torchvision" (v1.5, see the module docstring;
+        ResNet-50/101 only).
     """
-    x = layers.ZeroPadding2D((3, 3))(input_image)
-    x = _conv(64, 7, "conv1", strides=2)(x)
-    x = BatchNorm(train_bn, name="bn_conv1")(x)
-    x = layers.Activation("relu")(x)
-    c1 = x = layers.MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)
-
     if architecture not in STAGE_BLOCKS:
         raise ValueError(f"unknown architecture {architecture}")
+    if style not in STYLES:
+        raise ValueError(f"unknown backbone style {style!r}: use one of {STYLES}")
+    torchvision = style == "torchvision"
+    if torchvision and architecture == "resnet18":
+        raise ValueError("BACKBONE_STYLE='torchvision' builds ResNet-50/101 (torchvision's "
+                         "Mask R-CNN backbones); resnet18 is matterport-style only")
+    x = layers.ZeroPadding2D((3, 3))(input_image)
+    if torchvision:
+        x = _conv(64, 7, "conv1", strides=2, use_bias=False)(x)
+        x = BatchNorm(train_bn, epsilon=TORCHVISION_BN_EPSILON, name="bn_conv1")(x)
+        x = layers.Activation("relu")(x)
+        # MaxPool2d(3, 2, padding=1): zero padding is exact here, x >= 0 after the ReLU.
+        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        c1 = x = layers.MaxPooling2D((3, 3), strides=(2, 2), padding="valid")(x)
+    else:
+        x = _conv(64, 7, "conv1", strides=2)(x)
+        x = BatchNorm(train_bn, name="bn_conv1")(x)
+        x = layers.Activation("relu")(x)
+        c1 = x = layers.MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)
+
     outs = []
     for stage, blocks in STAGE_BLOCKS[architecture].items():
         for b in range(blocks):
@@ -149,9 +208,14 @@ def resnet_graph(input_image, architecture: str, train_bn: bool = False,
             else:
                 # Bottlenecks; block 'a' is a conv block (projection shortcut).
                 strides = (1 if stage == 2 else 2) if b == 0 else None
-                fn = (lambda t, f=list(BOTTLENECK_FILTERS[stage]), st=stage, bl=block,
-                      s=strides: bottleneck_block(t, 3, f, st, bl, strides=s,
-                                                  train_bn=train_bn))
+                if torchvision:
+                    fn = (lambda t, f=list(BOTTLENECK_FILTERS[stage]), st=stage, bl=block,
+                          s=strides: torchvision_bottleneck_block(t, f, st, bl, strides=s,
+                                                                  train_bn=train_bn))
+                else:
+                    fn = (lambda t, f=list(BOTTLENECK_FILTERS[stage]), st=stage, bl=block,
+                          s=strides: bottleneck_block(t, 3, f, st, bl, strides=s,
+                                                      train_bn=train_bn))
             x = _block(x, remat, f"res{stage}{block}", fn)
         outs.append(x)
     return [c1] + outs

@@ -3,18 +3,28 @@
 Boxes are (y1, x1, y2, x2), normalized to 0..1 unless stated; any leading batch
 dimensions are allowed ([..., 4]).
 """
+import math
+
 from keras import ops
 
 
-def apply_box_deltas(boxes, deltas):
-    """Refine boxes by (dy, dx, log dh, log dw): [..., 4], [..., 4] -> [..., 4]."""
+# torchvision's BoxCoder clamp of log-scales, log(1000 / 16) (Config.DETECTOR_STYLE).
+TORCHVISION_LOG_SCALE_CLIP = math.log(1000.0 / 16)
+
+
+def apply_box_deltas(boxes, deltas, max_log_scale=4.135):
+    """Refine boxes by (dy, dx, log dh, log dw): [..., 4], [..., 4] -> [..., 4].
+
+    max_log_scale: clamp of log dh / log dw (4.135, log(1000/16) rounded, is ours;
+    TORCHVISION_LOG_SCALE_CLIP is torchvision's exact value).
+    """
     h = boxes[..., 2] - boxes[..., 0]
     w = boxes[..., 3] - boxes[..., 1]
     cy = boxes[..., 0] + 0.5 * h + deltas[..., 0] * h
     cx = boxes[..., 1] + 0.5 * w + deltas[..., 1] * w
     # Clamp log-scales so an untrained head cannot overflow exp (log(1000/16)).
-    h = h * ops.exp(ops.minimum(deltas[..., 2], 4.135))
-    w = w * ops.exp(ops.minimum(deltas[..., 3], 4.135))
+    h = h * ops.exp(ops.minimum(deltas[..., 2], max_log_scale))
+    w = w * ops.exp(ops.minimum(deltas[..., 3], max_log_scale))
     return ops.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
 
 
@@ -70,9 +80,12 @@ def overlaps(boxes1, boxes2):
     return ops.where(union > 0, inter / ops.maximum(union, 1e-12), 0.0)
 
 
-def norm_boxes(boxes, shape):
-    """Pixel boxes -> normalized (same rule as utils.norm_boxes). shape: (h, w) ints."""
+def norm_boxes(boxes, shape, style="matterport"):
+    """Pixel boxes -> normalized (same rules as utils.norm_boxes). shape: (h, w) ints;
+    style "torchvision": a plain / (h, w, h, w) (Config.DETECTOR_STYLE)."""
     h, w = float(shape[0]), float(shape[1])
+    if style == "torchvision":
+        return boxes / ops.convert_to_tensor([h, w, h, w], dtype=boxes.dtype)
     scale = ops.convert_to_tensor([h - 1, w - 1, h - 1, w - 1], dtype=boxes.dtype)
     shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype)
     return (boxes - shift) / scale

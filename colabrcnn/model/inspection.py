@@ -40,7 +40,7 @@ class InspectionMixin:
         ``self.anchors`` holds them in pixels."""
         pixels = get_anchors(self.config, image_shape)
         self.anchors = pixels
-        return norm_boxes(pixels, tuple(image_shape)[:2])
+        return norm_boxes(pixels, tuple(image_shape)[:2], self.config.DETECTOR_STYLE)
 
     # ------------------------------------------------------------------ layers
     def find_trainable_layer(self, layer):

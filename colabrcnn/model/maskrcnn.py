@@ -167,11 +167,11 @@ class MaskRCNN(InspectionMixin):
         else:
             # REMAT: residual blocks recompute their activations in the backward pass.
             _, c2, c3, c4, c5 = resnet_graph(inp, c.BACKBONE, train_bn=train_bn,
-                                             remat=bool(c.REMAT))
+                                             remat=bool(c.REMAT), style=c.BACKBONE_STYLE)
         pyramid = fpn_graph(c2, c3, c4, c5, c.TOP_DOWN_PYRAMID_SIZE)
         self.backbone = keras.Model(inp, pyramid, name="backbone_fpn")
         self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
-                                   c.TOP_DOWN_PYRAMID_SIZE)
+                                   c.TOP_DOWN_PYRAMID_SIZE, c.RPN_CONV_CHANNELS)
         self.classifier = ClassifierHead(c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE,
                                          c.POOL_SIZE, train_bn)
         self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, train_bn)
@@ -185,7 +185,8 @@ class MaskRCNN(InspectionMixin):
                 layers.Concatenate(axis=1, name="rpn_bbox")(list(bbox)))
 
     def _anchors(self, image_shape):
-        return norm_boxes(get_anchors(self.config, image_shape), image_shape)
+        return norm_boxes(get_anchors(self.config, image_shape), image_shape,
+                          self.config.DETECTOR_STYLE)
 
     def _anchor_params(self, image_shape):
         """What ProposalLayer needs to regenerate ``_anchors`` (saved with exports)."""
@@ -224,13 +225,17 @@ class MaskRCNN(InspectionMixin):
         return (image_shape, input_image, input_meta, pyramid[:4],
                 (rpn_logits, rpn_probs, rpn_bbox), roi_align, mask_align)
 
-    def _proposals(self, image_shape, count, rpn_probs, rpn_bbox):
-        """[B, count, 4] normalized ROIs from the RPN outputs."""
+    def _proposals(self, image_shape, count, rpn, rpn_bbox):
+        """[B, count, 4] normalized ROIs from the RPN outputs; rpn: (rpn_class_logits,
+        rpn_probs), the logits feed torchvision's way (DETECTOR_STYLE), the probs
+        matterport's."""
         c = self.config
+        scores = rpn[0] if c.DETECTOR_STYLE == "torchvision" else rpn[1]
         return ProposalLayer(self._anchors(image_shape), count, c.RPN_NMS_THRESHOLD,
                              c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
                              anchor_params=self._anchor_params(image_shape),
-                             name="ROI", dtype="float32")(rpn_probs, rpn_bbox)
+                             style=c.DETECTOR_STYLE, name="ROI", dtype="float32")(
+            scores, rpn_bbox)
 
     def _training_graph(self):
         """Images and targets in, matterport's five losses out (a TrainingModel)."""
@@ -249,10 +254,11 @@ class MaskRCNN(InspectionMixin):
         mask_hw = tuple(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else image_shape[:2]
         input_gt_masks = keras.Input(shape=mask_hw + (c.MAX_GT_INSTANCES,), dtype="bool",
                                      name="input_gt_masks")
-        gt_boxes = NormBoxes(image_shape, name="norm_gt_boxes", dtype="float32")(
+        gt_boxes = NormBoxes(image_shape, c.DETECTOR_STYLE, name="norm_gt_boxes",
+                             dtype="float32")(
             input_gt_boxes)
-        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_TRAINING, rpn_probs,
-                                   rpn_bbox)
+        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_TRAINING,
+                                   (rpn_logits, rpn_probs), rpn_bbox)
         rois, target_class_ids, target_deltas, target_masks, roi_valid = \
             DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
                                  c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
@@ -288,12 +294,13 @@ class MaskRCNN(InspectionMixin):
         c = self.config
         image_shape, input_image, input_meta, fmaps, rpn, roi_align, mask_align = \
             self._stem("inference")
-        _, rpn_probs, rpn_bbox = rpn
-        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_INFERENCE, rpn_probs,
-                                   rpn_bbox)
+        rpn_logits, rpn_probs, rpn_bbox = rpn
+        rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_INFERENCE,
+                                   (rpn_logits, rpn_probs), rpn_bbox)
         r = c.POST_NMS_ROIS_INFERENCE
         _, probs, deltas = self.classifier(roi_align(rpn_rois, *fmaps), r)
-        window = MetaWindow(image_shape, name="window", dtype="float32")(input_meta)
+        window = MetaWindow(image_shape, c.DETECTOR_STYLE, name="window",
+                            dtype="float32")(input_meta)
         detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
                                     c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
                                     name="mrcnn_detection", dtype="float32")(
@@ -316,13 +323,16 @@ class MaskRCNN(InspectionMixin):
         return weights.save_weights(self.keras_model, path)
 
     def load_weights(self, filepath, by_name=False, exclude=None, verbose=0, **kwargs):
-        """Load weights by layer name from an HDF5 file (ours or matterport's).
+        """Load weights by layer name from an HDF5 file (ours or matterport's), or
+        torchvision's Mask R-CNN ``.pth`` (with a TorchvisionR50FPN config).
 
         exclude: layer names or regexes to skip, e.g. ``weights.HEADS`` when NUM_CLASSES
         differs from the file's. A checkpoint of ours also sets the epoch counter and
         the run folder, so that training continues there.
         """
         from .. import weights
+        if weights.torchvision.is_torchvision_file(filepath):
+            return self._load_torchvision(filepath, exclude, verbose, **kwargs)
         try:
             report = weights.load_weights(self.keras_model, filepath, by_name=by_name,
                                           exclude=exclude, verbose=verbose, **kwargs)
@@ -338,6 +348,21 @@ class MaskRCNN(InspectionMixin):
         state = checkpoint.read_state(filepath)
         self._optimizer_state = filepath if state and state.get("has_optimizer") else None
         self.weights_origin = recipe.weights_origin(filepath, report, state,
+                                                    previous=self.weights_origin)
+        self.apply_batchnorm()
+        return report
+
+    def _load_torchvision(self, filepath, exclude, verbose, **kwargs):
+        """A torchvision ``.pth`` (colabrcnn/weights/torchvision.py): its backbone is
+        a loaded one (frozen BatchNorm, SGD with TRAIN_BN / OPTIMIZER "auto")."""
+        from .. import weights
+        report = weights.load_torchvision_weights(self, filepath, exclude=exclude,
+                                                  verbose=verbose, **kwargs)
+        if not report["loaded"]:
+            raise WeightsError(f"no layer of this model was found in {filepath}")
+        self.set_log_dir(filepath)
+        self._optimizer_state = None
+        self.weights_origin = recipe.weights_origin(filepath, report, None,
                                                     previous=self.weights_origin)
         self.apply_batchnorm()
         return report

@@ -4,7 +4,7 @@ the network and how its outputs map back to the original image.
 resize_image / resize_mask / placement / resize_scale / scaled_size / pad_to_shape:
     matterport's resize modes (square, pad64, crop, none), static output shapes.
 minimize_mask / expand_mask / unmold_mask: mini-masks and predicted masks <-> image masks.
-mold_image / unmold_image: uint8 RGB <-> network input (minus MEAN_PIXEL).
+mold_image / unmold_image: uint8 RGB <-> network input ((x - MEAN_PIXEL) / PIXEL_STD).
 compose_image_meta / parse_image_meta: the per-image meta vector.
 mold_inputs / unmold_detections: a batch of images in, one image's detections out
     (``MaskRCNN.mold_inputs`` / ``MaskRCNN.unmold_detections`` call these).
@@ -204,13 +204,31 @@ def unmold_mask(mask: np.ndarray, bbox, image_shape, threshold: float = 0.5) -> 
     return full
 
 
+def pixel_std(config) -> np.ndarray | None:
+    """Config.PIXEL_STD as float32, or None when it is all ones (matterport's molding,
+    kept bit for bit: nothing is divided)."""
+    std = getattr(config, "PIXEL_STD", None)
+    if std is None or np.all(np.asarray(std) == 1):
+        return None
+    return np.asarray(std, np.float32)
+
+
 def mold_image(images: np.ndarray, config) -> np.ndarray:
-    """uint8 RGB -> float32 minus MEAN_PIXEL (what the network and the weights expect)."""
-    return images.astype(np.float32) - config.MEAN_PIXEL
+    """uint8 RGB -> float32 (x - MEAN_PIXEL) / PIXEL_STD (what the network and the
+    weights expect; PIXEL_STD is ones, i.e. just minus the mean, unless a config such
+    as TorchvisionR50FPN sets it)."""
+    std = pixel_std(config)
+    if std is None:
+        return images.astype(np.float32) - config.MEAN_PIXEL
+    # float32 throughout, as the loader's molding (data/sample.py), so both agree exactly.
+    return (images.astype(np.float32) - np.asarray(config.MEAN_PIXEL, np.float32)) / std
 
 
 def unmold_image(normalized_images: np.ndarray, config) -> np.ndarray:
     """Inverse of mold_image: float32 -> uint8 RGB."""
+    std = pixel_std(config)
+    if std is not None:
+        normalized_images = normalized_images * std
     return (normalized_images + config.MEAN_PIXEL).clip(0, 255).astype(np.uint8)
 
 

@@ -13,6 +13,12 @@ instead (train with ``layers="heads"`` first, then ``"all"``)::
 
     model.load_weights(weights.fetch(weights.imagenet_for(config.BACKBONE)), by_name=True)
 
+torchvision's COCO Mask R-CNN (``colabrcnn.TorchvisionR50FPN``; ``torchvision.py``
+converts its ``.pth``, which ``MaskRCNN.load_weights`` reads)::
+
+    model.load_weights(weights.fetch("torchvision-coco"), by_name=True,
+                       exclude=weights.HEADS)
+
 ``load.py`` reads and writes the by-name HDF5 layouts (matterport's, keras.applications'
 ResNets); ``download.py`` holds the registry, the resumable download, verification and
 the cache (Drive on Colab). The command line: ``colabrcnn fetch-weights coco``.
@@ -23,11 +29,12 @@ from .download import (ALIASES, CACHE_ENV, DRIVE_CACHE, DRIVE_DIR, LOCAL_CACHE,
                        REGISTRY, WeightsEntry, default_cache_dir, fetch, imagenet_for,
                        list_registry, resolve, verify)
 from .load import (ALL_BUT_BACKBONE, ALL_HEADS, HEADS, HEADS_AND_RPN, UNIT_LAYERS,
-                   UNIT_MODELS, inspect_file, keras_applications_name, load_weights,
-                   named_layers, save_weights)
+                   UNIT_MODELS, NamedWeights, inspect_file, keras_applications_name,
+                   load_weights, named_layers, save_weights)
+from .torchvision import load_torchvision_weights
 
 __all__ = ["HEADS", "ALL_HEADS", "HEADS_AND_RPN", "ALL_BUT_BACKBONE", "REGISTRY", "ALIASES",
            "WeightsEntry", "fetch", "verify", "resolve", "default_cache_dir", "imagenet_for",
-           "load_weights", "save_weights", "named_layers", "inspect_file",
+           "load_weights", "save_weights", "load_torchvision_weights", "NamedWeights", "named_layers", "inspect_file",
            "keras_applications_name", "list_registry", "UNIT_MODELS", "UNIT_LAYERS",
            "DRIVE_DIR", "DRIVE_CACHE", "LOCAL_CACHE", "CACHE_ENV"]

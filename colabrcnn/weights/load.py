@@ -19,7 +19,8 @@ What :func:`load_weights` reads (the format is detected, see :func:`inspect_file
 Not read: other Keras 3 ``.weights.h5`` files (load them with the model that saved
 them, ``keras_model.load_weights(path)``, then :func:`save_weights` to get a by-name
 file), ``.keras`` archives (see ``colabrcnn.export``), ResNet V2 weights (a different
-architecture), PyTorch/Detectron checkpoints.
+architecture), Detectron checkpoints. torchvision's Mask R-CNN ``.pth`` files are
+converted by ``colabrcnn/weights/torchvision.py`` and set through :func:`load_weights`.
 
 :func:`save_weights` writes the same by-name layout. Layout facts:
 ``shared/reference/matterport-h5-layout.md``.
@@ -298,9 +299,24 @@ def _keras3_source(f, path):
     return _model_source(app, layout="keras3")
 
 
+class NamedWeights(dict):
+    """Weights already converted to this model's layers: {layer name: [arrays in
+    ``get_weights()`` order]} (``colabrcnn/weights/torchvision.py`` makes them), read
+    by :func:`load_weights` like a file. layout: what the report calls it; label: the
+    name its messages use."""
+
+    def __init__(self, weights, layout="arrays", label="converted weights"):
+        super().__init__(weights)
+        self.layout = layout
+        self.label = label
+
+
 @contextmanager
 def _open_source(source):
-    """Yield a _Source for a path or a Keras model."""
+    """Yield a _Source for a path, a Keras model or NamedWeights."""
+    if isinstance(source, NamedWeights):
+        yield _Source(source.layout, dict(source), list(source))
+        return
     if hasattr(source, "layers") and hasattr(source, "weights"):
         yield _model_source(source)
         return
@@ -354,7 +370,8 @@ def _shape(a):
 def load_weights(model, path, by_name=True, exclude=None, verbose=0, on_mismatch="raise"):
     """Assign weights from ``path`` to the layers of ``model`` with the same names.
 
-    path: a weight file (any layout in this module's docstring) or a Keras model.
+    path: a weight file (any layout in this module's docstring), a Keras model or
+        :class:`NamedWeights`.
     by_name: accepted for matterport compatibility; loading is always by layer name
         (our layer names are matterport's, so its by-order files load the same way).
     exclude: layer names or regular expressions (full match) to leave untouched, e.g.
@@ -372,7 +389,10 @@ def load_weights(model, path, by_name=True, exclude=None, verbose=0, on_mismatch
         raise WeightsError(f"on_mismatch must be 'raise' or 'skip', got {on_mismatch!r}")
     excluded = _exclusion(exclude)
     layers = named_layers(model)
-    label = os.path.basename(os.fspath(path)) if not hasattr(path, "layers") else path.name
+    if isinstance(path, NamedWeights):
+        label = path.label
+    else:
+        label = os.path.basename(os.fspath(path)) if not hasattr(path, "layers") else path.name
     report = {"loaded": [], "skipped": [], "mismatched": [], "missing": [], "unused": [],
               "layout": None, "renamed": {}}
     pending = []  # assign only once every layer has been checked: all or nothing
@@ -448,5 +468,5 @@ def _value(a):
 
 
 __all__ = ["UNIT_MODELS", "UNIT_LAYERS", "HEADS", "ALL_HEADS", "HEADS_AND_RPN",
-           "ALL_BUT_BACKBONE", "named_layers", "h5_attr", "save_weights",
+           "ALL_BUT_BACKBONE", "NamedWeights", "named_layers", "h5_attr", "save_weights",
            "keras_applications_name", "inspect_file", "load_weights"]
