@@ -18,6 +18,7 @@ import json
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 import torch
@@ -183,6 +184,49 @@ def test_jax_matches_torchvision_up_to_the_proposals(reference):
            "deltas": saved["deltas"], "proposals": saved["proposals"]}
     diffs = check_stages(reference, got)
     print("jax max differences:", json.dumps(diffs))
+
+
+def test_proposal_layer_is_torchvisions_filter_proposals():
+    """The same RPN outputs through ProposalLayer(style="torchvision") and torchvision's
+    RegionProposalNetwork.filter_proposals: 2 images, per-level top-100, boxes squashed
+    under 1e-3 px (dropped by both), fewer survivors than slots in one image."""
+    tv = load_torchvision()
+    rpn_mod = tv.models.detection.rpn
+    side, count, limit = 64, 100, 100
+    params = {"scales": [32, 64, 128, 256, 512], "ratios": [2, 1, 0.5],
+              "feature_shapes": [[side // s] * 2 for s in (4, 8, 16, 32, 64)],
+              "feature_strides": [4, 8, 16, 32, 64], "anchor_stride": 1,
+              "image_shape": [side, side]}
+    layer = ProposalLayer(None, count, 0.7, limit, [1, 1, 1, 1], anchor_params=params,
+                          style="torchvision")
+    anchors = layer.anchors * side                                   # (y1, x1, y2, x2)
+    rng = np.random.default_rng(3)
+    n = len(anchors)
+    logits = np.zeros((2, n, 2), np.float32)
+    logits[..., 1] = rng.normal(0, 3, (2, n))
+    deltas = rng.normal(0, 0.5, (2, n, 4)).astype(np.float32)       # (dy, dx, dh, dw)
+    deltas[0, ::7, 2] = -30.0                                        # height ~1e-11 px
+    deltas[1, :, 2:] += 1.0                                          # big boxes: few kept
+    top_p2 = np.argsort(-logits[0, :768, 1])[:limit]
+    assert (top_p2 % 7 == 0).sum() > 5  # squashed boxes are among the best: removal matters
+    ours = keras.ops.convert_to_numpy(layer(logits, deltas)) * side
+    ref = rpn_mod.RegionProposalNetwork(
+        None, None, 0.7, 0.3, 256, 0.5, dict(training=limit, testing=limit),
+        dict(training=count, testing=count), 0.7).eval()
+    tv_anchors = torch.from_numpy(anchors[:, [1, 0, 3, 2]])
+    decoded = ref.box_coder.decode(torch.from_numpy(deltas[..., [1, 0, 3, 2]]).reshape(-1, 4),
+                                   [tv_anchors, tv_anchors]).view(2, -1, 4)
+    per_level = [h * w * 3 for h, w in params["feature_shapes"]]
+    boxes, scores = ref.filter_proposals(decoded, torch.from_numpy(logits[..., 1]),
+                                         [(side, side)] * 2, per_level)
+    assert (len(boxes[0]), len(boxes[1])) == (count, 45)
+    for b in range(2):
+        theirs = boxes[b].numpy()
+        mine = ours[b][:, [1, 0, 3, 2]]
+        k = len(theirs)
+        assert not mine[k:].any()                                     # zero padding
+        np.testing.assert_allclose(mine[:k], theirs, atol=1e-4)
+        assert ((theirs[:, 3] - theirs[:, 1]) >= 1e-3).all()
 
 
 # ------------------------------------------------------------------------ converter
