@@ -24,8 +24,10 @@ import pytest
 import torch
 
 import colabrcnn
-from colabrcnn import recipe, weights
+from colabrcnn import recipe, utils, weights
 from colabrcnn.config import Config
+from colabrcnn.data import shapes
+from colabrcnn.data.sample import build_training_sample
 from colabrcnn.errors import ConfigError, WeightsError
 from colabrcnn.model.anchors import get_anchors
 from colabrcnn.model.maskrcnn import MaskRCNN
@@ -33,6 +35,7 @@ from colabrcnn.model.rpn import ProposalLayer
 from colabrcnn.weights import torchvision as tvw
 from conftest import run_in_backend
 from test_weights_fetch import Server
+from tiny_model import tiny_config, tiny_model
 from torchvision_ref import load_torchvision
 
 SIDE = 256
@@ -319,6 +322,32 @@ def test_proposal_layer_config_round_trips(ours):
     np.testing.assert_array_equal(again.anchors, layer.anchors)
     old = {k: v for k, v in config.items() if k != "style"}  # exports before issue 18
     assert ProposalLayer.from_config(old).style == "matterport"
+
+
+def test_loader_molds_with_pixel_std_as_mold_image():
+    # A 48 x 48 image padded to 64 x 64: the padding is a zero pixel, molded too.
+    cfg = tiny_config(PIXEL_STD=[58.395, 57.12, 57.375], IMAGE_MIN_DIM=48)
+    ds = shapes(1, 48, seed=0)
+    image, *_ = utils.load_image_gt(ds, cfg, 0, rng=np.random.default_rng(0))
+    assert image.shape == (64, 64, 3) and not image[:8].any()  # padded
+    sample = build_training_sample(ds, cfg, 0, None, np.random.default_rng(0))
+    molded = utils.mold_image(image, cfg)
+    np.testing.assert_allclose(molded, (image - cfg.MEAN_PIXEL) / cfg.PIXEL_STD, rtol=1e-6)
+    np.testing.assert_array_equal(sample["input_image"], molded)
+    np.testing.assert_array_equal(utils.unmold_image(molded, cfg), image)
+
+
+def test_training_graph_wires_the_torchvision_proposals(tmp_path):
+    # ResNet-18 (matterport-style backbone) with torchvision's detector geometry.
+    model = tiny_model(tmp_path, mode="training", DETECTOR_STYLE="torchvision",
+                       POST_NMS_ROIS_TRAINING=400)  # > PRE_NMS_LIMIT 300: per level
+    graph = model.keras_model
+    roi = graph.get_layer("ROI")
+    assert roi.style == "torchvision" and roi.proposal_count == 400
+    assert roi.input[0] is graph.get_layer("rpn_class_logits").output
+    assert graph.get_layer("norm_gt_boxes").style == "torchvision"
+    np.testing.assert_array_equal(model.get_anchors((64, 64)) * 64,
+                                  get_anchors(model.config, (64, 64)))
 
 
 def test_pre_nms_limit_is_per_level_with_torchvision_style():
