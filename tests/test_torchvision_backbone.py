@@ -396,3 +396,12 @@ def test_fetch_torchvision_coco_checks_the_hash_prefix(monkeypatch, tmp_path):
     finally:
         server.close()
     assert "not built yet" in weights.REGISTRY["torchvision-coco-v2"].description
+
+
+def test_memory_estimate_counts_the_rpn_conv_width(tmp_path):
+    from colabrcnn import memory
+    model = tiny_model(tmp_path, mode="training", RPN_CONV_CHANNELS=24)
+    assert model.keras_model.get_layer("rpn_model").get_layer(
+        "rpn_conv_shared").kernel.shape[-1] == 24
+    assert memory.estimate_memory(model.config, "all").params == \
+        sum(int(np.prod(v.shape)) for v in model.keras_model.weights)

@@ -292,8 +292,8 @@ def estimate_memory(config, layers="all", mixed_precision=None, devices=None):
       REMAT only block outputs stay, plus one block's internals recomputed at a time
       (counted in workspace).
     * fpn: P2'..P5' (inputs of the 3x3 smoothing convs) and P2..P6, 256 channels each.
-    * rpn: the 512-channel shared conv output on every level, plus 12 x anchors per
-      cell (class/box outputs and their concatenations).
+    * rpn: the shared conv's output (RPN_CONV_CHANNELS, 512) on every level, plus
+      12 x anchors per cell (class/box outputs and their concatenations).
     * roi_heads: per ROI (TRAIN_ROIS_PER_IMAGE per image), the box head's pooled 7x7x256
       and two FC layers (conv + ReLU out); per positive slot (the mask head runs on
       the int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) positive slots per image),
@@ -395,9 +395,10 @@ def estimate_memory(config, layers="all", mixed_precision=None, devices=None):
     # ---------------------------------------------------------------------- RPN
     stride2 = int(config.RPN_ANCHOR_STRIDE) ** 2
     cells = sum(px(s) for s in config.BACKBONE_STRIDES) // stride2
-    rpn_kept = (512 + 12 * A) * cells
-    rpn_params = 9 * C * 512 + 512 + 512 * 6 * A + 6 * A
-    largest = max(largest, 512 * px(config.BACKBONE_STRIDES[0]) // stride2,
+    rc = int(getattr(config, "RPN_CONV_CHANNELS", 512))   # the shared conv's width
+    rpn_kept = (rc + 12 * A) * cells
+    rpn_params = 9 * C * rc + rc + rc * 6 * A + 6 * A
+    largest = max(largest, rc * px(config.BACKBONE_STRIDES[0]) // stride2,
                   2 * C * px(4))
 
     # ----------------------------------------------------------------- ROI heads
