@@ -6,14 +6,19 @@ from keras import layers, ops
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
 class NormBoxes(layers.Layer):
-    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape."""
+    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape, by
+    ``colabrcnn.boxes.norm_boxes``' rule of ``style`` ("matterport" or "torchvision")."""
 
-    def __init__(self, image_shape, **kwargs):
+    def __init__(self, image_shape, style="matterport", **kwargs):
         super().__init__(**kwargs)
         self.image_shape = [int(v) for v in image_shape[:2]]
+        self.style = style
 
     def call(self, boxes):
         h, w = self.image_shape
+        if self.style == "torchvision":
+            return ops.cast(boxes, "float32") / ops.convert_to_tensor(
+                [float(h), float(w), float(h), float(w)])
         scale = ops.convert_to_tensor([h - 1.0, w - 1.0, h - 1.0, w - 1.0])
         shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0])
         return (ops.cast(boxes, "float32") - shift) / scale
@@ -22,16 +27,17 @@ class NormBoxes(layers.Layer):
         return s
 
     def get_config(self):
-        return {**super().get_config(), "image_shape": self.image_shape}
+        return {**super().get_config(), "image_shape": self.image_shape,
+                "style": self.style}
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
 class MetaWindow(layers.Layer):
     """image_meta [B, META] -> normalized window [B, 4] (where the real image sits)."""
 
-    def __init__(self, image_shape, **kwargs):
+    def __init__(self, image_shape, style="matterport", **kwargs):
         super().__init__(**kwargs)
-        self.norm = NormBoxes(image_shape)
+        self.norm = NormBoxes(image_shape, style)
 
     def build(self, input_shape):
         self.norm.build((input_shape[0], 4))  # no weights; marks the sub-layer built
@@ -43,7 +49,8 @@ class MetaWindow(layers.Layer):
         return (s[0], 4)
 
     def get_config(self):
-        return {**super().get_config(), "image_shape": self.norm.image_shape}
+        return {**super().get_config(), "image_shape": self.norm.image_shape,
+                "style": self.norm.style}
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
