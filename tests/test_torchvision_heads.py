@@ -109,63 +109,71 @@ def head_config():
                   HEAD_BATCHNORM=False)
 
 
-def our_pool(boxes_xyxy, fmaps_nhwc, size):
-    """Our PyramidROIAlign (torchvision style) -> [K, size, size, C]."""
-    layer = PyramidROIAlign((size, size), (SIDE, SIDE), style="torchvision")
-    return to_numpy(layer(xyxy_to_ours(boxes_xyxy)[None], *fmaps_nhwc))[0]
-
-
-def our_heads(weights, pooled7, pooled14):
-    """Our ClassifierHead / MaskHead with converted weights on pooled NHWC ROIs ->
-    class logits [K, NC], deltas [K, NC, 4], mask logits [K, 28, 28, NC]."""
-    k = len(pooled7)
+def build_ours(weights, num_boxes, num_proposals):
+    """Our stages as one Keras model (compiled once by predict_on_batch):
+    PyramidROIAlign 7 and 14 (torchvision style) on boxes + P2..P5, ClassifierHead and
+    MaskHead (converted weights, no BatchNorm) on given pooled ROIs, DetectionLayer
+    (torchvision style) on given proposals, class probabilities and deltas."""
+    k, r = num_boxes, num_proposals
+    boxes = keras.Input((k, 4), name="boxes")
+    fmaps = [keras.Input((SIDE // s, SIDE // s, CHANNELS), name=f"p{i + 2}")
+             for i, s in enumerate(STRIDES)]
+    pooled7 = keras.Input((k, 7, 7, CHANNELS), name="pooled7")
+    pooled14 = keras.Input((k, 14, 14, CHANNELS), name="pooled14")
+    rois = keras.Input((r, 4), name="rois")
+    probs = keras.Input((r, NUM_CLASSES), name="probs")
+    deltas = keras.Input((r, NUM_CLASSES, 4), name="deltas")
+    window = keras.Input((4,), name="window")
     cls = ClassifierHead(NUM_CLASSES, FC, 7, train_bn=False, batchnorm=False)
-    inp = keras.Input((k, 7, 7, CHANNELS))
-    cls_model = keras.Model(inp, cls(inp, k))
     mask = MaskHead(NUM_CLASSES, CHANNELS, train_bn=False, batchnorm=False)
-    inp14 = keras.Input((k, 14, 14, CHANNELS))
-    mask_model = keras.Model(inp14, mask(inp14, k))
-    assert not any("bn" in layer.name for layer in cls_model.layers + mask_model.layers)
+    logits, _, box_deltas = cls(pooled7, k)
+    outputs = {
+        "pool7": PyramidROIAlign((7, 7), (SIDE, SIDE), style="torchvision")(boxes, *fmaps),
+        "pool14": PyramidROIAlign((14, 14), (SIDE, SIDE), style="torchvision")(boxes,
+                                                                                 *fmaps),
+        "logits": logits, "deltas": box_deltas, "masks": mask(pooled14, k),
+        "detections": DetectionLayer(100, 0.05, 0.5, STD_DEV, style="torchvision",
+                                     image_shape=(SIDE, SIDE))(rois, probs, deltas, window),
+    }
+    model = keras.Model([boxes] + fmaps + [pooled7, pooled14, rois, probs, deltas, window],
+                        outputs)
+    assert not any("bn" in layer.name for layer in model.layers)
     for layer in [cls.conv1, cls.conv2, cls.logits, cls.bbox] + mask.convs + \
             [mask.deconv, mask.out]:
         layer.set_weights(weights[layer.name])
-    logits, _, deltas = cls_model(pooled7[None])
-    return (to_numpy(logits)[0], to_numpy(deltas)[0],
-            to_numpy(mask_model(pooled14[None]))[0])
+    return model
 
 
-def our_detections(proposals_xyxy, logits, regression):
-    """Our DetectionLayer (torchvision style) -> [N, (y1, x1, y2, x2) px, class, score]
-    for the rows kept."""
+def run_ours(ref):
+    """build_ours on the saved inputs -> its outputs (NumPy, batch of one removed)."""
+    weights = {name: [ref[f"w/{name}/{i}"] for i in range(2)]
+               for name in sorted({k.split("/")[1] for k in ref if k.startswith("w/")})}
+    model = build_ours(weights, len(ref["boxes"]), len(ref["proposals"]))
+    logits = ref["det_logits"]
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
-    layer = DetectionLayer(100, 0.05, 0.5, STD_DEV, style="torchvision",
-                           image_shape=(SIDE, SIDE))
-    det = to_numpy(layer(xyxy_to_ours(proposals_xyxy)[None], probs[None],
-                         tv_regression_to_ours(regression)[None],
-                         np.array([[0, 0, 1, 1]], np.float32)))[0]
-    det = det[det[:, 4] > 0]
-    det[:, :4] *= SIDE
-    return det
+    inputs = [xyxy_to_ours(ref["boxes"])] + [ref[f"p{i}"][0] for i in range(2, 6)] + \
+        [ref["pooled7"], ref["pooled14"], xyxy_to_ours(ref["proposals"]), probs,
+         tv_regression_to_ours(ref["det_regression"]), np.array([0, 0, 1, 1], np.float32)]
+    out = model.predict_on_batch([x[None] for x in inputs])
+    return {name: np.asarray(v)[0] for name, v in out.items()}
 
 
 def compare_ours(ref):
     """Every stage of ours against the saved torchvision references; {stage: diff}."""
-    fmaps = [ref[f"p{i}"] for i in range(2, 6)]
-    weights = {name: [ref[f"w/{name}/{i}"] for i in range(2)]
-               for name in sorted({k.split("/")[1] for k in ref if k.startswith("w/")})}
+    ours = run_ours(ref)
     diffs = {}
-    pooled7 = our_pool(ref["boxes"], fmaps, 7)
-    diffs["roi_align_7"] = max_diff(pooled7, ref["pooled7"], "roi_align 7x7")
-    pooled14 = our_pool(ref["boxes"], fmaps, 14)
-    diffs["roi_align_14"] = max_diff(pooled14, ref["pooled14"], "roi_align 14x14")
+    diffs["roi_align_7"] = max_diff(ours["pool7"], ref["pooled7"], "roi_align 7x7")
+    diffs["roi_align_14"] = max_diff(ours["pool14"], ref["pooled14"], "roi_align 14x14")
     # The heads on torchvision's pooled ROIs (each stage on the same input).
-    logits, deltas, masks = our_heads(weights, ref["pooled7"], ref["pooled14"])
-    diffs["class_logits"] = max_diff(logits, ref["class_logits"], "class logits")
-    diffs["box_deltas"] = max_diff(deltas, tv_regression_to_ours(ref["box_regression"]),
+    diffs["class_logits"] = max_diff(ours["logits"], ref["class_logits"], "class logits")
+    diffs["box_deltas"] = max_diff(ours["deltas"],
+                                   tv_regression_to_ours(ref["box_regression"]),
                                    "box deltas")
-    diffs["mask_logits"] = max_diff(masks, ref["mask_logits"], "mask logits")
-    det = our_detections(ref["proposals"], ref["det_logits"], ref["det_regression"])
+    diffs["mask_logits"] = max_diff(ours["masks"], ref["mask_logits"], "mask logits")
+    det = ours["detections"]
+    det = det[det[:, 4] > 0]
+    det[:, :4] *= SIDE
     assert len(det) == len(ref["det_boxes"]) > 20
     np.testing.assert_array_equal(det[:, 4], ref["det_labels"])
     assert np.all(np.diff(det[:, 5]) <= 0)
