@@ -195,10 +195,19 @@ def reference(tmp_path_factory):
     from torchvision_ref import load_torchvision
     tv = load_torchvision()
     # torchvision's pure-PyTorch roi_align (its compiled ops are missing here) is
-    # wrapped in torch.compile, which takes ~20 s the first time: run it eagerly.
+    # wrapped in torch.compile, which takes ~20 s the first time: run it eagerly (same
+    # function) while this module's reference is computed.
     roi_align_module = sys.modules["torchvision.ops.roi_align"]
-    roi_align_module._roi_align = getattr(roi_align_module._roi_align, "__wrapped__",
-                                          roi_align_module._roi_align)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roi_align_module, "_roi_align",
+                      getattr(roi_align_module._roi_align, "__wrapped__",
+                              roi_align_module._roi_align))
+        return compute_reference(tv, torch, tmp_path_factory)
+
+
+def compute_reference(tv, torch, tmp_path_factory):
+    """torchvision's heads (random weights) on seeded inputs -> the arrays compare_ours
+    checks, saved to an .npz for the JAX subprocess."""
     torch.manual_seed(0)
     model = tv.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, min_size=256, max_size=256).eval()
