@@ -45,7 +45,8 @@ def roi_levels_torchvision(boxes, image_shape):
 
 
 def _level_table(boxes, fmaps, level):
-    """The flattened pyramid and, per box, its level's size and first row.
+    """The flattened pyramid and, per box, its level's size and first row (the level
+    sizes are static: the image shape is fixed by the Config).
 
     Returns table [B*S, C], lh / lw [B, R] float32 level height / width, lh_int / lw_int
     [B, R] int32 and base [B, R] int32 (the row of the box's level's pixel (0, 0)).
@@ -86,13 +87,15 @@ def sample_corners_torchvision(boxes, fmaps, pool_shape, image_shape, sampling_r
     level = roi_levels_torchvision(boxes, image_shape) - 2                   # [B, R] 0..3
     table, lh, lw, lh_int, lw_int, base = _level_table(boxes, fmaps, level)
 
+    def e(t):                                                   # [B, R] -> [B, R, 1, 1]
+        return ops.expand_dims(ops.expand_dims(t, -1), -1)
+
     def axis(lo, hi, size, size_int, n):
         # Sample coordinates along one axis, in torchvision's operation order:
-        # [B, R] -> corner indices lo/hi, fraction, validity, each [B, R, n, sr].
+        # [B, R] -> corner indices low/high, fraction, validity, each [B, R, n, sr].
         start = lo * size
         length = ops.maximum(hi * size - start, 1.0)
         bin_size = length / float(n)
-        e = lambda t: ops.expand_dims(ops.expand_dims(t, -1), -1)        # noqa: E731
         pos = (e(start) + ops.reshape(ops.arange(n, dtype="float32"), (n, 1)) * e(bin_size)
                + ops.reshape(ops.arange(sr, dtype="float32") + 0.5, (1, sr))
                * e(bin_size / float(sr)))
@@ -137,27 +140,9 @@ def sample_corners(boxes, fmaps, pool_shape, image_shape):
     map (``tf.image.crop_and_resize`` semantics).
     """
     ph, pw = pool_shape
-    channels = fmaps[0].shape[-1]
-    # Static level sizes (the image shape is fixed by the Config).
-    shapes = [(int(f.shape[1]), int(f.shape[2])) for f in fmaps]
-    sizes = [h * w for h, w in shapes]
-    offsets = np.cumsum([0] + sizes[:-1])
-    total = int(sum(sizes))
-
     boxes = ops.cast(boxes, "float32")
-    batch = ops.shape(boxes)[0]
-    table = ops.concatenate(
-        [ops.reshape(f, (batch, -1, channels)) for f in fmaps], axis=1)      # [B, S, C]
-    table = ops.reshape(table, (-1, channels))                               # [B*S, C]
-
     level = roi_levels(boxes, image_shape) - 2                               # [B, R] 0..3
-    lh = ops.take(ops.convert_to_tensor([float(s[0]) for s in shapes]), level)
-    lw = ops.take(ops.convert_to_tensor([float(s[1]) for s in shapes]), level)
-    loff = ops.take(ops.convert_to_tensor(offsets.astype("int32")), level)
-    lw_int = ops.take(ops.convert_to_tensor([s[1] for s in shapes], "int32"), level)
-    lh_int = ops.take(ops.convert_to_tensor([s[0] for s in shapes], "int32"), level)
-    bidx = ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1)) * total
-    base = bidx + loff                                                        # [B, R]
+    table, lh, lw, lh_int, lw_int, base = _level_table(boxes, fmaps, level)
 
     def sample_points(lo, hi, size, n):
         # [B, R] -> [B, R, n] coordinates in the level's pixel grid.
