@@ -4,6 +4,10 @@ inference graphs (so one set of weights serves both).
 matterport wraps each layer in TimeDistributed over ROIs; here ROIs are folded into the
 batch ([B, R, ...] -> [B*R, ...]) around the convs. Kernel shapes, and so the weights
 in matterport files, are the same.
+
+``batchnorm=False`` (Config.HEAD_BATCHNORM) leaves out the BatchNorm layers: torchvision's
+v1 heads (TwoMLPHead, MaskRCNNHeads) are plain conv/FC + ReLU. The other layers keep
+their names and shapes (``colabrcnn/weights/torchvision_heads.py`` fills them).
 """
 import keras
 import numpy as np
@@ -66,12 +70,12 @@ class ROIConv(layers.Conv2D):
 class ClassifierHead:
     """Pooled ROIs [B, R, 7, 7, C] -> class logits [B, R, NC], probs, deltas [B, R, NC, 4]."""
 
-    def __init__(self, num_classes, fc_size, pool_size, train_bn):
+    def __init__(self, num_classes, fc_size, pool_size, train_bn, batchnorm=True):
         self.num_classes = num_classes
         self.conv1 = ROIConv(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1")
-        self.bn1 = BatchNorm(train_bn, name="mrcnn_class_bn1")
+        self.bn1 = BatchNorm(train_bn, name="mrcnn_class_bn1") if batchnorm else None
         self.conv2 = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")
-        self.bn2 = BatchNorm(train_bn, name="mrcnn_class_bn2")
+        self.bn2 = BatchNorm(train_bn, name="mrcnn_class_bn2") if batchnorm else None
         # Predictors start near neutral (torchvision/detectron2): logits ~0 give a first
         # class loss of about ln(NUM_CLASSES), deltas ~0 keep the boxes where they are.
         self.logits = layers.Dense(
@@ -83,8 +87,11 @@ class ClassifierHead:
 
     def __call__(self, pooled, num_rois, training=None):
         x = _FoldROIs()(pooled)
-        x = layers.Activation("relu")(self.bn1(self.conv1(x), training=training))
-        x = layers.Activation("relu")(self.bn2(self.conv2(x), training=training))
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+            x = conv(x)
+            if bn is not None:
+                x = bn(x, training=training)
+            x = layers.Activation("relu")(x)
         x = layers.Flatten()(x)                                   # [B*R, fc]
         x = _UnfoldROIs(num_rois)(x)                              # [B, R, fc]
         logits = layers.Activation("linear", dtype="float32")(self.logits(x))
@@ -97,13 +104,14 @@ class ClassifierHead:
 class MaskHead:
     """Pooled ROIs [B, R, 14, 14, C] -> mask logits [B, R, 28, 28, NC]."""
 
-    def __init__(self, num_classes, channels, train_bn):
+    def __init__(self, num_classes, channels, train_bn, batchnorm=True):
         # He init for the ReLU convs, and mask logits ~0 (std 0.001) so that the first
         # mask loss is about ln 2 (detectron2's initialisation; shapes unchanged).
         self.convs = [layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}",
                                     kernel_initializer="he_normal")
                       for i in range(1, 5)]
-        self.bns = [BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}") for i in range(1, 5)]
+        self.bns = [BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}") if batchnorm else None
+                    for i in range(1, 5)]
         self.deconv = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                              name="mrcnn_mask_deconv",
                                              kernel_initializer="he_normal")
@@ -115,7 +123,10 @@ class MaskHead:
     def __call__(self, pooled, num_rois, training=None):
         x = _FoldROIs()(pooled)
         for conv, bn in zip(self.convs, self.bns):
-            x = layers.Activation("relu")(bn(conv(x), training=training))
+            x = conv(x)
+            if bn is not None:
+                x = bn(x, training=training)
+            x = layers.Activation("relu")(x)
         x = self.deconv(x)
         x = self.out(x)
         return _UnfoldROIs(num_rois, dtype="float32")(x)

@@ -6,16 +6,13 @@ from keras import layers, ops
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
 class NormBoxes(layers.Layer):
-    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape.
-
-    style: "matterport" ((y1, x1, y2 - 1, x2 - 1) / (h - 1, w - 1)) or "torchvision"
-    (/ (h, w, h, w)), as colabrcnn.boxes.norm_boxes (Config.DETECTOR_STYLE).
-    """
+    """Pixel boxes [B, N, 4] -> normalized, for a fixed image shape, by
+    ``colabrcnn.boxes.norm_boxes``' rule of ``style`` ("matterport" or "torchvision")."""
 
     def __init__(self, image_shape, style="matterport", **kwargs):
         super().__init__(**kwargs)
         self.image_shape = [int(v) for v in image_shape[:2]]
-        self.style = str(style)
+        self.style = style
 
     def call(self, boxes):
         h, w = self.image_shape

@@ -173,8 +173,9 @@ class MaskRCNN(InspectionMixin):
         self.rpn = build_rpn_model(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE,
                                    c.TOP_DOWN_PYRAMID_SIZE, c.RPN_CONV_CHANNELS)
         self.classifier = ClassifierHead(c.NUM_CLASSES, c.FPN_CLASSIF_FC_LAYERS_SIZE,
-                                         c.POOL_SIZE, train_bn)
-        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, train_bn)
+                                         c.POOL_SIZE, train_bn, c.HEAD_BATCHNORM)
+        self.mask_head = MaskHead(c.NUM_CLASSES, c.TOP_DOWN_PYRAMID_SIZE, train_bn,
+                                  c.HEAD_BATCHNORM)
 
     def _rpn(self, pyramid):
         outs = [self.rpn(p) for p in pyramid]
@@ -219,9 +220,9 @@ class MaskRCNN(InspectionMixin):
         pyramid = self.backbone(input_image)
         rpn_logits, rpn_probs, rpn_bbox = self._rpn(pyramid)
         roi_align = PyramidROIAlign((c.POOL_SIZE, c.POOL_SIZE), image_shape,
-                                    name="roi_align_classifier")
+                                    style=c.DETECTOR_STYLE, name="roi_align_classifier")
         mask_align = PyramidROIAlign((c.MASK_POOL_SIZE, c.MASK_POOL_SIZE), image_shape,
-                                     name="roi_align_mask")
+                                     style=c.DETECTOR_STYLE, name="roi_align_mask")
         return (image_shape, input_image, input_meta, pyramid[:4],
                 (rpn_logits, rpn_probs, rpn_bbox), roi_align, mask_align)
 
@@ -303,6 +304,7 @@ class MaskRCNN(InspectionMixin):
                             dtype="float32")(input_meta)
         detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
                                     c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
+                                    style=c.DETECTOR_STYLE, image_shape=image_shape,
                                     name="mrcnn_detection", dtype="float32")(
             rpn_rois, probs, deltas, window)
         det_boxes = DetectionBoxes(name="detection_boxes", dtype="float32")(detections)
@@ -547,7 +549,7 @@ class MaskRCNN(InspectionMixin):
                           window):
         """One image's network outputs -> boxes, class ids, scores and full-size masks."""
         return transform.unmold_detections(detections, mrcnn_mask, original_image_shape,
-                                           image_shape, window)
+                                           image_shape, window, self.config.DETECTOR_STYLE)
 
     def detect(self, images, verbose=0):
         """Detect instances in a list of images (any count; batched by BATCH_SIZE).

@@ -4,6 +4,7 @@ the network and how its outputs map back to the original image.
 resize_image / resize_mask / placement / resize_scale / scaled_size / pad_to_shape:
     matterport's resize modes (square, pad64, crop, none), static output shapes.
 minimize_mask / expand_mask / unmold_mask: mini-masks and predicted masks <-> image masks.
+paste_mask: a predicted mask into the image as torchvision's paste_masks_in_image.
 mold_image / unmold_image: uint8 RGB <-> network input ((x - MEAN_PIXEL) / PIXEL_STD).
 compose_image_meta / parse_image_meta: the per-image meta vector.
 mold_inputs / unmold_detections: a batch of images in, one image's detections out
@@ -204,6 +205,40 @@ def unmold_mask(mask: np.ndarray, bbox, image_shape, threshold: float = 0.5) -> 
     return full
 
 
+def paste_mask(mask: np.ndarray, bbox, image_shape, padding: int = 1,
+               threshold: float = 0.5) -> np.ndarray:
+    """torchvision's ``paste_masks_in_image`` for one [M, M] float mask and a float
+    pixel box (y1, x1, y2, x2) -> full-image H x W bool mask (probability > threshold).
+
+    The mask is padded by ``padding`` zeros and the box grown by (M + 2 * padding) / M
+    about its centre, both truncated to whole pixels (float32 arithmetic, as torch
+    does); the padded mask is resized bilinearly (half-pixel centres: cv2 INTER_LINEAR
+    on float32 is torch's ``interpolate(mode="bilinear", align_corners=False)``) to
+    (y2 - y1 + 1) x (x2 - x1 + 1) and pasted with its top-left at (y1, x1).
+    """
+    mask = np.asarray(mask, dtype=np.float32)
+    m = mask.shape[-1]
+    padded = np.pad(mask, padding)
+    scale = np.float32(float(m + 2 * padding) / m)
+    y1, x1, y2, x2 = np.asarray(bbox, dtype=np.float32)[:4]
+    h_half = (y2 - y1) * np.float32(0.5) * scale
+    w_half = (x2 - x1) * np.float32(0.5) * scale
+    yc = (y2 + y1) * np.float32(0.5)
+    xc = (x2 + x1) * np.float32(0.5)
+    # float -> int64 truncates toward zero, as torch's .to(torch.int64).
+    y1, x1, y2, x2 = (int(np.float32(v)) for v in (yc - h_half, xc - w_half,
+                                                   yc + h_half, xc + w_half))
+    h, w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+    full = np.zeros(tuple(image_shape[:2]), dtype=bool)
+    resized = cv2.resize(padded, (w, h), interpolation=cv2.INTER_LINEAR)
+    y0, x0 = max(y1, 0), max(x1, 0)
+    y_end, x_end = min(y2 + 1, image_shape[0]), min(x2 + 1, image_shape[1])
+    if y_end > y0 and x_end > x0:
+        full[y0:y_end, x0:x_end] = resized[y0 - y1:y_end - y1, x0 - x1:x_end - x1] \
+            > threshold
+    return full
+
+
 def pixel_std(config) -> np.ndarray | None:
     """Config.PIXEL_STD as float32, or None when it is all ones (matterport's molding,
     kept bit for bit: nothing is divided)."""
@@ -286,12 +321,16 @@ def mold_inputs(images, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
-                      window) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                      window, style: str = "matterport"
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One image's network outputs -> boxes, class ids, scores and full-size masks.
 
     detections [N, (y1, x1, y2, x2, class_id, score)] normalized, zero-padded;
-    mrcnn_mask [N, h, w, NUM_CLASSES]. Returns rois [n, 4] int32 original pixels,
-    class_ids [n], scores [n], masks [H, W, n] bool at the original size.
+    mrcnn_mask [N, h, w, NUM_CLASSES]. Returns rois [n, 4] original pixels, class_ids
+    [n], scores [n], masks [H, W, n] bool at the original size.
+    style (Config.DETECTOR_STYLE): "matterport" - int32 rois, masks resized into the
+    box (``unmold_mask``); "torchvision" - float32 rois as torchvision reports them,
+    masks pasted as its paste_masks_in_image (``paste_mask``).
     """
     n = int(np.sum(detections[:, 4] > 0))
     boxes = detections[:n, :4]
@@ -299,15 +338,15 @@ def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
     scores = detections[:n, 5]
     masks = mrcnn_mask[np.arange(n), :, :, class_ids]
     # Normalized (molded image) -> normalized (window) -> original pixels.
-    wy1, wx1, wy2, wx2 = norm_boxes(np.array(window)[None], image_shape[:2])[0]
+    wy1, wx1, wy2, wx2 = norm_boxes(np.array(window)[None], image_shape[:2], style)[0]
     shift = np.array([wy1, wx1, wy1, wx1])
     scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-    boxes = denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
+    boxes = denorm_boxes((boxes - shift) / scale, original_image_shape[:2], style)
     keep = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)[0]
     boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], \
         masks[keep]
-    full = [unmold_mask(masks[i], boxes[i], original_image_shape)
-            for i in range(len(keep))]
+    paste = paste_mask if style == "torchvision" else unmold_mask
+    full = [paste(masks[i], boxes[i], original_image_shape) for i in range(len(keep))]
     full = np.stack(full, axis=-1) if full else \
         np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
     return boxes, class_ids, scores, full

@@ -41,12 +41,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from ..model.spec import STAGE_BLOCKS, block_letter
-from . import load
-
-try:  # MERGE GUARD (issue 18): tvb's module; the lead removes this guard at the merge
-    from . import torchvision_heads
-except ImportError:  # pragma: no cover - until branch s3-tvb is merged
-    torchvision_heads = None
+from . import load, torchvision_heads
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +196,14 @@ def rpn_weights(sd: Mapping) -> dict:
 
 def convert_state_dict(state_dict, config=None) -> dict[str, list[np.ndarray]]:
     """A torchvision Mask R-CNN state_dict -> {Keras layer name: weights in
-    ``get_weights()`` order}: backbone, FPN and RPN here, the heads from
-    ``torchvision_heads`` (when ``config`` is given)."""
+    ``get_weights()`` order}: backbone, FPN and RPN here, the box and mask heads from
+    ``colabrcnn/weights/torchvision_heads.py`` when ``config`` is given."""
     sd = canonical_keys(read_state_dict(state_dict))
     check_v1(sd)
     architecture = "resnet101" if "backbone.body.layer3.22.conv1.weight" in sd else "resnet50"
     out = {**backbone_weights(sd, architecture), **fpn_weights(sd), **rpn_weights(sd)}
-    if torchvision_heads is not None and config is not None:
-        out.update(torchvision_heads.head_weights(sd, config))  # MERGE: heads (tvb's)
+    if config is not None:  # the box and mask heads (their shapes depend on the config)
+        out.update(torchvision_heads.head_weights(sd, config))
     return out
 
 
