@@ -396,6 +396,9 @@ def test_fetch_torchvision_coco_checks_the_hash_prefix(monkeypatch, tmp_path):
     finally:
         server.close()
     assert "not built yet" in weights.REGISTRY["torchvision-coco-v2"].description
+    # A torchvision URL: a PyTorch file, checked by the hash prefix in its name.
+    entry = weights.resolve("https://download.pytorch.org/models/x_coco-bf2d0c1e.pth")
+    assert (entry.format, entry.sha256_prefix) == ("pth", "bf2d0c1e")
 
 
 def test_memory_estimate_counts_the_rpn_conv_width(tmp_path):

@@ -173,6 +173,11 @@ def resolve(name_or_url):
     parsed = urllib.parse.urlparse(name_or_url)
     if parsed.scheme in ("http", "https", "ftp", "file") and parsed.path:
         filename = os.path.basename(urllib.parse.unquote(parsed.path)) or "weights.h5"
+        # torchvision-style names end in -<first hex digits of the sha256>.pth
+        m = re.search(r"-([0-9a-f]{8,})\.pth?$", filename)
+        if filename.endswith((".pth", ".pt")):
+            return WeightsEntry(filename, name_or_url, filename, format="pth",
+                                sha256_prefix=m.group(1) if m else None)
         return WeightsEntry(filename, name_or_url, filename)
     known = ", ".join(list(REGISTRY) + list(ALIASES))
     raise WeightsError(f"unknown weights {name_or_url!r}: give one of {known}, a URL, a "
