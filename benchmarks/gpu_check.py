@@ -238,6 +238,12 @@ def torchvision_model(config, dry_run):
     """torchvision's maskrcnn_resnet50_fpn, random weights, set up like our config:
     FrozenBatchNorm (our TRAIN_BN=False), the same ROIs per image, anchors per image,
     proposals after NMS, detection limits and image size."""
+    if dry_run:
+        # A CPU dry run: torchvision's compiled ops do not load beside torch's CPU
+        # build; the tests' loader puts a Python NMS kernel in their place.
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+        from torchvision_ref import load_torchvision
+        load_torchvision()
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d

@@ -194,15 +194,7 @@ def reference(tmp_path_factory):
     import torch
     from torchvision_ref import load_torchvision
     tv = load_torchvision()
-    # torchvision's pure-PyTorch roi_align (its compiled ops are missing here) is
-    # wrapped in torch.compile, which takes ~20 s the first time: run it eagerly (same
-    # function) while this module's reference is computed.
-    roi_align_module = sys.modules["torchvision.ops.roi_align"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(roi_align_module, "_roi_align",
-                      getattr(roi_align_module._roi_align, "__wrapped__",
-                              roi_align_module._roi_align))
-        return compute_reference(tv, torch, tmp_path_factory)
+    return compute_reference(tv, torch, tmp_path_factory)
 
 
 def compute_reference(tv, torch, tmp_path_factory):

@@ -2,10 +2,10 @@
 
 The dev install pins torchvision 0.28.0, the release built for torch 2.13. Its compiled
 library does not load beside torch's CPU build ("operator torchvision::nms does not
-exist"), so before importing torchvision this module defines the ``torchvision::nms``
-operator schema (and ``qnms``, whose fake kernel torchvision registers at import) with a
-small Python kernel. ``roi_align`` needs nothing: without compiled ops torchvision
-itself falls back to its pure-PyTorch implementation. Both kernels are slow but exact.
+exist"), so where that library does not load, this module defines the
+``torchvision::nms`` operator schema (and ``qnms``, whose fake kernel torchvision
+registers at import) with a small Python kernel before importing torchvision. For ``roi_align`` torchvision itself falls back to its
+pure-PyTorch implementation, run here without torch.compile. Both are slow but exact.
 
     tv = load_torchvision()
     model = tv.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
@@ -42,18 +42,45 @@ def nms_kernel(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -
     return order[torch.tensor(keep, dtype=torch.long)]
 
 
+def compiled_ops_load() -> bool:
+    """Whether torchvision's compiled library loads beside this torch (on a CUDA build
+    it does; beside the CPU build of the development machines it does not)."""
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for path in glob.glob(f"{spec.submodule_search_locations[0]}/_C*.so"):
+        try:
+            torch.ops.load_library(path)
+            return True
+        except (OSError, RuntimeError):
+            return False
+    return False
+
+
 @functools.lru_cache(None)
 def load_torchvision():
-    """Import torchvision with the Python NMS kernel in place of its compiled ops."""
-    if not hasattr(torch.ops.torchvision, "nms"):
+    """Import torchvision; where its compiled ops do not load, with the Python NMS
+    kernel in their place and its pure-PyTorch roi_align run eagerly."""
+    compiled = compiled_ops_load()
+    if not compiled:
         lib = torch.library.Library("torchvision", "DEF")
         lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         lib.impl("nms", nms_kernel, "CPU")
         load_torchvision.library = lib  # keep the registration alive
     import torchvision
-    import torchvision.ops.boxes as tv_boxes
-    # torchvision.ops.nms asserts that its compiled library loaded; the operator it
-    # then calls is the one defined above.
-    tv_boxes._assert_has_ops = lambda: None
+    if not compiled:
+        import sys
+        tv_boxes = sys.modules["torchvision.ops.boxes"]
+        # (``torchvision.ops.roi_align`` the attribute is the function, not the module.)
+        tv_roi_align = sys.modules["torchvision.ops.roi_align"]
+        # torchvision.ops.nms asserts that its compiled library loaded; the operator it
+        # then calls is the one defined above.
+        tv_boxes._assert_has_ops = lambda: None
+        # The pure-PyTorch roi_align is wrapped in torch.compile, whose first call
+        # takes ~20 s on CPU: the same function, run eagerly.
+        tv_roi_align._roi_align = getattr(tv_roi_align._roi_align, "__wrapped__",
+                                           tv_roi_align._roi_align)
     return torchvision
