@@ -28,8 +28,8 @@ def build_rpn_model(anchors_per_location: int, anchor_stride: int, depth: int,
     fmap = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map")
     # Normal(0.01) weights and zero biases throughout (detectron2's RPN head): the first
     # objectness logits are ~0, an RPN class loss of about ln 2.
-    shared = layers.Conv2D(int(channels), 3, padding="same", activation="relu", strides=anchor_stride,
-                           name="rpn_conv_shared",
+    shared = layers.Conv2D(int(channels), 3, padding="same", activation="relu",
+                           strides=anchor_stride, name="rpn_conv_shared",
                            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(fmap)
     x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw",
                       kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(shared)

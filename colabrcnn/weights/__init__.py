@@ -35,6 +35,7 @@ from .torchvision import load_torchvision_weights
 
 __all__ = ["HEADS", "ALL_HEADS", "HEADS_AND_RPN", "ALL_BUT_BACKBONE", "REGISTRY", "ALIASES",
            "WeightsEntry", "fetch", "verify", "resolve", "default_cache_dir", "imagenet_for",
-           "load_weights", "save_weights", "load_torchvision_weights", "NamedWeights", "named_layers", "inspect_file",
+           "load_weights", "save_weights", "load_torchvision_weights", "NamedWeights",
+           "named_layers", "inspect_file",
            "keras_applications_name", "list_registry", "UNIT_MODELS", "UNIT_LAYERS",
            "DRIVE_DIR", "DRIVE_CACHE", "LOCAL_CACHE", "CACHE_ENV"]

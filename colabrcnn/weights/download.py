@@ -339,8 +339,9 @@ def fetch(name_or_url, cache_dir=None, progress=True, *, filename=None, sha256=N
     """Path of a verified local copy of a weight file, downloading it if needed.
 
     name_or_url: a :data:`REGISTRY` name ("coco", "imagenet-resnet50", "keras-resnet50",
-        "keras-resnet101", "torchvision-coco", "torchvision-coco-v2"), an http(s) URL, a Google Drive link or file id (through
-        gdown), or a path to a local file (returned as it is).
+        "keras-resnet101", "torchvision-coco", "torchvision-coco-v2"), an http(s) URL,
+        a Google Drive link or file id (through gdown), or a path to a local file
+        (returned as it is).
     cache_dir: where downloads are kept; default :func:`default_cache_dir`.
     filename, sha256, md5, size: for URLs, the file name in the cache and what to check.
     retries, backoff: failed attempts in a row allowed, waiting backoff * 2**k seconds.
