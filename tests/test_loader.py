@@ -21,6 +21,7 @@ from colabrcnn.data.loader import DataGenerator  # noqa: E402
 from colabrcnn.data.sample import (INPUT_NAMES, SampleBuilder,  # noqa: E402
                                    build_training_sample, pack_masks)
 from colabrcnn.errors import AnnotationError  # noqa: E402
+from colabrcnn.model import transform  # noqa: E402
 from tiny_model import tiny_config  # noqa: E402
 
 
@@ -580,3 +581,28 @@ def test_pack_masks_is_packbits_for_any_layout():
                 m.transpose(2, 0, 1)).transpose(1, 2, 0), m.astype(np.uint8) * 255):
             np.testing.assert_array_equal(pack_masks(layout),
                                           np.packbits(layout != 0, axis=-1, bitorder="little"))
+
+
+@pytest.mark.parametrize("min_dim, window", [(96, (0, 0, 96, 128)),  # not resized
+                                             (64, (0, 0, 64, 85))])   # scale 2/3, floored
+def test_torchvision_style_training_samples_are_placed_as_inference_molds(min_dim, window):
+    # DETECTOR_STYLE="torchvision": torchvision's scale rule, the image at the top-left,
+    # padding 0 once molded (its mean colour), the same pixels as mold_inputs gives.
+    originals = three_instances()
+    ds = PositionDataset([originals])
+    config = small_config(DETECTOR_STYLE="torchvision", IMAGE_MIN_DIM=min_dim,
+                          USE_MINI_MASK=False, PIXEL_STD=[58.395, 57.12, 57.375])
+    s = build_training_sample(ds, config, 0, None, np.random.default_rng(0))
+    meta = utils.parse_image_meta(s["input_image_meta"][None])
+    np.testing.assert_array_equal(meta["window"][0], window)
+    molded, _, windows = transform.mold_inputs([position_image()], config)
+    np.testing.assert_array_equal(windows[0], window)
+    np.testing.assert_array_equal(s["input_image"], molded[0])
+    y2, x2 = window[2:]
+    assert not s["input_image"][y2:].any() and not s["input_image"][:, x2:].any()
+    if min_dim == 96:  # (resized, the position colours blend: no exact decoding)
+        assert assert_instances_aligned(s, config, originals) == 3
+    boxes = s["input_gt_boxes"][:3]
+    assert boxes[:, 2].max() <= y2 and boxes[:, 3].max() <= x2
+    image, *_ = utils.load_image_gt(ds, config, 0, rng=np.random.default_rng(0))
+    assert (image[y2:] == np.round(config.MEAN_PIXEL).astype(np.uint8)).all()

@@ -1,4 +1,5 @@
 """Image molding (model/transform.py): resize modes, mini-masks, meta, mold/unmold."""
+import cv2
 import numpy as np
 import pytest
 
@@ -85,3 +86,54 @@ def test_unmold_image_inverts_mold_image():
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
     np.testing.assert_array_equal(utils.unmold_image(utils.mold_image(image, cfg), cfg),
                                   image)
+
+
+def test_torchvision_scale_rule_shrinks_to_min_dim_and_floors_sizes():
+    # torchvision: the short side to min_size unless the long side passes max_size;
+    # matterport's square mode never shrinks below the original for min_dim.
+    assert transform.resize_scale((1000, 1200), 800, 1333, style="torchvision") == 0.8
+    assert transform.resize_scale((1000, 1200), 800, 1333) == 1.0
+    assert transform.resize_scale((400, 1200), 800, 1333, style="torchvision") \
+        == pytest.approx(1333 / 1200)
+    # Sizes floored as torch's interpolate(scale_factor, recompute_scale_factor=True).
+    assert transform.scaled_size((335, 501), 0.5, "torchvision") == (167, 250)
+    assert transform.scaled_size((335, 501), 0.5) == (168, 250)
+    # pad64 / none: matterport's rule in both styles.
+    assert transform.resize_scale((200, 300), 64, 128, mode="pad64",
+                                  style="torchvision") == 1.0
+
+
+def test_torchvision_style_places_top_left_and_unmolds_to_the_original_pixels():
+    std = [58.395, 57.12, 57.375]
+    cfg = tiny_config(128, IMAGE_MIN_DIM=64, DETECTOR_STYLE="torchvision", PIXEL_STD=std)
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    molded, metas, windows = transform.mold_inputs([image], cfg)
+    # Scale 64 / 200 = 0.32: 64 x 96 at the top-left of 128 x 128 (matterport: 85 x 128,
+    # centred), the padding 0 after molding (torchvision's mean-colour padding).
+    np.testing.assert_array_equal(windows[0], [0, 0, 64, 96])
+    meta = utils.parse_image_meta(metas)
+    np.testing.assert_array_equal(meta["window"][0], [0, 0, 64, 96])
+    assert meta["scale"][0] == pytest.approx(0.32)
+    resized = transform.mold_image(cv2.resize(image, (96, 64), interpolation=cv2.INTER_LINEAR),
+                                   cfg)
+    np.testing.assert_array_equal(molded[0, :64, :96], resized)
+    assert not molded[0, 64:].any() and not molded[0, :, 96:].any()
+    _, mp_windows = transform.mold_inputs([image], tiny_config(128, IMAGE_MIN_DIM=64))[1:]
+    np.testing.assert_array_equal(mp_windows[0], [21, 0, 106, 128])  # matterport: as before
+
+    # A detection of the original box (40, 60, 120, 210) as the network reports it.
+    box = np.array([40, 60, 120, 210], np.float64)
+    det = np.zeros((cfg.DETECTION_MAX_INSTANCES, 6), np.float32)
+    det[0, :4] = box * 0.32 / 128
+    det[0, 4:] = [2, 0.9]
+    masks = np.zeros((cfg.DETECTION_MAX_INSTANCES, 28, 28, cfg.NUM_CLASSES), np.float32)
+    masks[0, :, :, 2] = 1.0
+    rois, class_ids, scores, full = transform.unmold_detections(
+        det, masks, image.shape, molded[0].shape, windows[0], style="torchvision")
+    np.testing.assert_allclose(rois, [box], atol=1e-3)
+    np.testing.assert_array_equal(class_ids, [2])
+    assert full.shape == (200, 300, 1)
+    # The pasted mask fills the box (torchvision grows it by 1/28 for its 1-px border).
+    assert full[42:118, 62:208, 0].all()
+    assert not full[:36].any() and not full[124:].any()
+    assert not full[:, :55].any() and not full[:, 215:].any()

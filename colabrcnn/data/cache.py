@@ -322,6 +322,8 @@ def sample_key(dataset, config, image_id):
                    str(config.IMAGE_RESIZE_MODE), int(config.IMAGE_MIN_DIM or 0),
                    int(config.IMAGE_MAX_DIM or 0), float(config.IMAGE_MIN_SCALE or 0),
                    int(config.IMAGE_CHANNEL_COUNT))).encode())
+    if config.DETECTOR_STYLE == "torchvision":  # its scale rule (matterport's keys kept)
+        h.update(b"torchvision")
     info = dict(dataset.image_info[image_id])  # current items: no lazy size lookup
     if info.get("size_from") == "file":
         # Read from the file's header on first use: covered by the file's stat below.

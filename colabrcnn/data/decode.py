@@ -232,13 +232,15 @@ def image_reference(dataset, image_id):
 def training_scale(shape, config):
     """The scale ``transform.resize_image`` applies to an image of ``shape``."""
     return transform.resize_scale(shape, config.IMAGE_MIN_DIM, config.IMAGE_MAX_DIM,
-                                  config.IMAGE_MIN_SCALE, config.IMAGE_RESIZE_MODE)
+                                  config.IMAGE_MIN_SCALE, config.IMAGE_RESIZE_MODE,
+                                  config.DETECTOR_STYLE)
 
 
-def resize_by(image, packed, scale):
+def resize_by(image, packed, scale, style="matterport"):
     """Image [H, W, C] (bilinear) and packed masks [H, W, P] or None (nearest) scaled by
-    ``scale`` -> (image [h, w, C], packed [h, w, P] or None)."""
-    nh, nw = transform.scaled_size(image.shape, scale)
+    ``scale`` -> (image [h, w, C], packed [h, w, P] or None); style: the size rounding
+    (``transform.scaled_size``, Config.DETECTOR_STYLE)."""
+    nh, nw = transform.scaled_size(image.shape, scale, style)
     image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     if image.ndim == 2:
         image = image[..., None]
@@ -278,7 +280,7 @@ def decode_sample(dataset, config, image_id):
     scale = training_scale(image.shape, config)
     packed = pack_masks(masks) if n else None  # [H, W, ceil(N / 8)]
     if scale != 1:
-        image, packed = resize_by(image, packed, scale)
+        image, packed = resize_by(image, packed, scale, config.DETECTOR_STYLE)
     planes = np.ascontiguousarray(packed.transpose(2, 0, 1)) if n else None
     boxes, crops, keep = compact(planes, n)
     return DecodedSample.from_crops(np.ascontiguousarray(image), boxes, crops,

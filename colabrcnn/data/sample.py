@@ -40,20 +40,26 @@ class Placed:
     lies in ``image`` (negative: padding); out_h, out_w: the placed extent; boxes [N, 4]
     int32 tight (y1, x1, y2, x2) in IMAGE_SHAPE's frame, y2/x2 exclusive; crops: each
     instance's mask inside its box; class_ids [N] int32; window, scale and
-    original_shape for the image meta.
+    original_shape for the image meta; style: Config.DETECTOR_STYLE, what the padding
+    holds ("matterport": a zero pixel; "torchvision": the mean colour, 0 once molded,
+    as torchvision pads its normalised batch).
     """
 
     __slots__ = ("image", "oy", "ox", "out_h", "out_w", "shape", "boxes", "crops",
-                 "class_ids", "window", "scale", "original_shape")
+                 "class_ids", "window", "scale", "original_shape", "style")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
 
-    def padded_image(self):
+    def padded_image(self, mean=None):
         """The image as IMAGE_SHAPE uint8, zero padding (``transform.pad_to_shape`` of
-        ``transform.resize_image``'s result)."""
+        ``transform.resize_image``'s result); with style "torchvision" and ``mean``
+        (MEAN_PIXEL) the padding is the mean colour rounded to uint8."""
         out = np.zeros(self.shape, np.uint8)
+        if self.style == "torchvision" and mean is not None:
+            out[...] = np.clip(np.round(np.asarray(mean, np.float64)), 0, 255
+                               ).astype(np.uint8)
         r0, r1, c0, c1 = self._overlap()
         if r1 > r0 and c1 > c0:
             out[r0:r1, c0:c1] = self._source(r0, r1, c0, c1)
@@ -76,15 +82,17 @@ class Placed:
             raise ValueError(f"image_out must be float32 {self.shape}, got {out.dtype} "
                              f"{out.shape}")
         r0, r1, c0, c1 = self._overlap()
+        # Padding: a zero pixel molded (-MEAN_PIXEL / PIXEL_STD, matterport), or 0
+        # (torchvision pads after normalising).
+        pad = 0.0 if self.style == "torchvision" else -mean
         if r1 > r0 and c1 > c0:
             np.subtract(self._source(r0, r1, c0, c1), mean, out=out[r0:r1, c0:c1])
-            # Padding holds a zero pixel, molded: -MEAN_PIXEL.
-            out[:r0] = -mean
-            out[r1:] = -mean
-            out[r0:r1, :c0] = -mean
-            out[r0:r1, c1:] = -mean
+            out[:r0] = pad
+            out[r1:] = pad
+            out[r0:r1, :c0] = pad
+            out[r0:r1, c1:] = pad
         else:
-            out[...] = -mean
+            out[...] = pad
         if std is not None:
             np.divide(out, std, out=out)
         return out
@@ -208,7 +216,8 @@ class SampleBuilder:
             # The augmentation changed the size: resize again, as resize_image would.
             s2 = training_scale(img.shape, c)
             if s2 != 1:
-                img, packed = resize_by(img, planes.transpose(1, 2, 0) if n else None, s2)
+                img, packed = resize_by(img, planes.transpose(1, 2, 0) if n else None, s2,
+                                        c.DETECTOR_STYLE)
                 planes = (np.ascontiguousarray(packed.transpose(2, 0, 1)) if n
                           else np.zeros((0,) + img.shape[:2], np.uint8))
                 scale *= s2
@@ -225,7 +234,8 @@ class SampleBuilder:
         dec, image, boxes, crops, class_ids, scale = self._augmented(image_id, rng)
         # Pad / crop into IMAGE_SHAPE, as resize_image + pad_to_shape do.
         padding, crop, window = transform.placement(image.shape, c.IMAGE_MIN_DIM,
-                                                c.IMAGE_MAX_DIM, c.IMAGE_RESIZE_MODE, rng)
+                                                    c.IMAGE_MAX_DIM, c.IMAGE_RESIZE_MODE, rng,
+                                                    c.DETECTOR_STYLE)
         h, w = image.shape[:2]
         if crop is not None:
             oy, ox, out_h, out_w = crop[0] - padding[0][0], crop[1] - padding[1][0], \
@@ -260,7 +270,8 @@ class SampleBuilder:
         return Placed(image=image, oy=oy, ox=ox, out_h=out_h, out_w=out_w, shape=shape,
                       boxes=np.asarray(out_boxes, np.int32).reshape(-1, 4), crops=out_crops,
                       class_ids=np.asarray(class_ids, np.int32)[np.asarray(keep, np.int64)],
-                      window=window, scale=scale, original_shape=dec.original_shape)
+                      window=window, scale=scale, original_shape=dec.original_shape,
+                      style=c.DETECTOR_STYLE)
 
     def _build(self, image_id, rng, image_out=None):
         c = self.config
@@ -343,7 +354,8 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None,
         rng: optional numpy Generator (augmentation, random crops) for repeatable results.
 
     Returns:
-        image [H, W, C] uint8 at IMAGE_SHAPE (zero padded), image_meta (see
+        image [H, W, C] uint8 at IMAGE_SHAPE (zero padded; DETECTOR_STYLE "torchvision":
+        at the top-left, padded with MEAN_PIXEL rounded), image_meta (see
         ``transform.compose_image_meta``), class_ids [N] int32, bbox [N, 4] int32
         (y1, x1, y2, x2) pixels, y2/x2 exclusive, mask [H, W, N] bool, or
         [mini_h, mini_w, N] with ``use_mini_mask``.
@@ -355,4 +367,4 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None,
                                           p.scale, active_class_ids(dataset, config,
                                                                     int(image_id)))
     mask = mini_masks(p.crops, config.MINI_MASK_SHAPE) if use_mini_mask else p.full_masks()
-    return p.padded_image(), image_meta, p.class_ids, p.boxes, mask
+    return p.padded_image(config.MEAN_PIXEL), image_meta, p.class_ids, p.boxes, mask

@@ -226,17 +226,24 @@ class MaskRCNN(InspectionMixin):
         return (image_shape, input_image, input_meta, pyramid[:4],
                 (rpn_logits, rpn_probs, rpn_bbox), roi_align, mask_align)
 
-    def _proposals(self, image_shape, count, rpn, rpn_bbox):
+    def _window(self, image_shape, input_meta):
+        """[B, 4] normalized window (where the real image sits) from the image meta."""
+        return MetaWindow(image_shape, self.config.DETECTOR_STYLE, name="window",
+                          dtype="float32")(input_meta)
+
+    def _proposals(self, image_shape, count, rpn, rpn_bbox, window):
         """[B, count, 4] normalized ROIs from the RPN outputs; rpn: (rpn_class_logits,
         rpn_probs), the logits feed torchvision's way (DETECTOR_STYLE), the probs
-        matterport's."""
+        matterport's. torchvision's are clipped to ``window`` (the real image, as it
+        clips to image_sizes), matterport's to the canvas (``window`` unused)."""
         c = self.config
-        scores = rpn[0] if c.DETECTOR_STYLE == "torchvision" else rpn[1]
-        return ProposalLayer(self._anchors(image_shape), count, c.RPN_NMS_THRESHOLD,
-                             c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
-                             anchor_params=self._anchor_params(image_shape),
-                             style=c.DETECTOR_STYLE, name="ROI", dtype="float32")(
-            scores, rpn_bbox)
+        layer = ProposalLayer(self._anchors(image_shape), count, c.RPN_NMS_THRESHOLD,
+                              c.PRE_NMS_LIMIT, c.RPN_BBOX_STD_DEV,
+                              anchor_params=self._anchor_params(image_shape),
+                              style=c.DETECTOR_STYLE, name="ROI", dtype="float32")
+        if c.DETECTOR_STYLE == "torchvision":
+            return layer(rpn[0], rpn_bbox, window)
+        return layer(rpn[1], rpn_bbox)
 
     def _training_graph(self):
         """Images and targets in, matterport's five losses out (a TrainingModel)."""
@@ -258,8 +265,10 @@ class MaskRCNN(InspectionMixin):
         gt_boxes = NormBoxes(image_shape, c.DETECTOR_STYLE, name="norm_gt_boxes",
                              dtype="float32")(
             input_gt_boxes)
+        window = self._window(image_shape, input_meta) \
+            if c.DETECTOR_STYLE == "torchvision" else None
         rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_TRAINING,
-                                   (rpn_logits, rpn_probs), rpn_bbox)
+                                   (rpn_logits, rpn_probs), rpn_bbox, window)
         rois, target_class_ids, target_deltas, target_masks, roi_valid = \
             DetectionTargetLayer(c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO,
                                  c.BBOX_STD_DEV, c.MASK_SHAPE, c.USE_MINI_MASK,
@@ -296,12 +305,15 @@ class MaskRCNN(InspectionMixin):
         image_shape, input_image, input_meta, fmaps, rpn, roi_align, mask_align = \
             self._stem("inference")
         rpn_logits, rpn_probs, rpn_bbox = rpn
+        # torchvision's proposals are clipped to the window too (made first for them).
+        window = self._window(image_shape, input_meta) \
+            if c.DETECTOR_STYLE == "torchvision" else None
         rpn_rois = self._proposals(image_shape, c.POST_NMS_ROIS_INFERENCE,
-                                   (rpn_logits, rpn_probs), rpn_bbox)
+                                   (rpn_logits, rpn_probs), rpn_bbox, window)
         r = c.POST_NMS_ROIS_INFERENCE
         _, probs, deltas = self.classifier(roi_align(rpn_rois, *fmaps), r)
-        window = MetaWindow(image_shape, c.DETECTOR_STYLE, name="window",
-                            dtype="float32")(input_meta)
+        if window is None:
+            window = self._window(image_shape, input_meta)
         detections = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
                                     c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV,
                                     style=c.DETECTOR_STYLE, image_shape=image_shape,

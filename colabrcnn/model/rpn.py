@@ -13,7 +13,7 @@ from keras import layers, ops
 from ..boxes import norm_boxes
 from . import ops as cops
 from .anchors import generate_pyramid_anchors
-from .boxes import TORCHVISION_LOG_SCALE_CLIP, apply_box_deltas
+from .boxes import TORCHVISION_LOG_SCALE_CLIP, apply_box_deltas, clip_to_window
 from .losses import masked_mean, smooth_l1
 
 
@@ -79,6 +79,9 @@ class ProposalLayer(keras.layers.Layer):
     log-scales clamped at log(1000/16), clipped to the image, boxes with a side under
     1e-3 pixels dropped, NMS within each level; then the best ``proposal_count`` of all
     levels by score. Needs ``anchor_params`` (the level sizes and the image shape).
+    An optional third input, window [B, 4] normalized (``MetaWindow``: where the real
+    image sits), clips the boxes to the image as torchvision clips to ``image_sizes``;
+    without it they are clipped to the whole canvas (graphs saved before it existed).
 
     Output: [B, proposal_count, (y1, x1, y2, x2)] normalized, sorted by score,
     zero-padded where NMS kept fewer boxes.
@@ -123,9 +126,9 @@ class ProposalLayer(keras.layers.Layer):
                 raise ValueError(f"anchor_params give {sum(counts)} anchors but anchors "
                                  f"has {self.anchors.shape[0]}")
 
-    def call(self, rpn_scores, rpn_bbox):
+    def call(self, rpn_scores, rpn_bbox, window=None):
         if self.style == "torchvision":
-            return self._torchvision_proposals(rpn_scores, rpn_bbox)
+            return self._torchvision_proposals(rpn_scores, rpn_bbox, window)
         rpn_probs = rpn_scores
         scores = ops.cast(rpn_probs[:, :, 1], "float32")           # [B, A]
         deltas = ops.cast(rpn_bbox, "float32") * ops.convert_to_tensor(
@@ -142,7 +145,7 @@ class ProposalLayer(keras.layers.Layer):
         # Proposals are treated as constants downstream, as in matterport.
         return ops.stop_gradient(ops.where(ops.expand_dims(valid, -1), proposals, 0.0))
 
-    def _torchvision_proposals(self, rpn_logits, rpn_bbox):
+    def _torchvision_proposals(self, rpn_logits, rpn_bbox, window=None):
         """torchvision's filter_proposals with static shapes (see the class docstring)."""
         logits = ops.cast(rpn_logits, "float32")
         scores = logits[:, :, 1] - logits[:, :, 0]                     # [B, A] logit
@@ -160,7 +163,10 @@ class ProposalLayer(keras.layers.Layer):
                                     axis=1)                            # [B, k, 4]
             a = ops.take(anchors[start:start + n], ix, axis=0)         # [B, k, 4]
             start += n
-            b = ops.clip(apply_box_deltas(a, d, TORCHVISION_LOG_SCALE_CLIP), 0.0, 1.0)
+            b = apply_box_deltas(a, d, TORCHVISION_LOG_SCALE_CLIP)
+            # Clipped to the image (the window), or to the canvas without one.
+            b = ops.clip(b, 0.0, 1.0) if window is None else \
+                clip_to_window(b, ops.cast(window, "float32"))
             big = ops.logical_and(b[..., 2] - b[..., 0] >= min_h,
                                   b[..., 3] - b[..., 1] >= min_w)
             s = ops.where(big, s, _NO_SCORE)
@@ -182,7 +188,7 @@ class ProposalLayer(keras.layers.Layer):
             proposals = ops.pad(proposals, [[0, 0], [0, self.proposal_count - k], [0, 0]])
         return ops.stop_gradient(proposals)
 
-    def compute_output_shape(self, rpn_scores_shape, rpn_bbox_shape):
+    def compute_output_shape(self, rpn_scores_shape, rpn_bbox_shape, window_shape=None):
         return (rpn_scores_shape[0], self.proposal_count, 4)
 
     def get_config(self):

@@ -12,6 +12,8 @@ mold_inputs / unmold_detections: a batch of images in, one image's detections ou
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -21,11 +23,25 @@ from ..errors import ConfigError
 
 # ---------------------------------------------------------------------------- images
 def resize_scale(shape, min_dim: int | None = None, max_dim: int | None = None,
-                 min_scale: float | None = None, mode: str = "square") -> float:
-    """The scale ``resize_image`` applies to an image of ``shape`` (H, W, ...)."""
+                 min_scale: float | None = None, mode: str = "square",
+                 style: str = "matterport") -> float:
+    """The scale ``resize_image`` applies to an image of ``shape`` (H, W, ...).
+
+    style (Config.DETECTOR_STYLE) "torchvision" in ``square`` mode: torchvision's
+    GeneralizedRCNNTransform rule, the short side to ``min_dim`` unless the long side
+    would pass ``max_dim`` (min(min_dim / short, max_dim / long)). matterport's square
+    rule differs by more than rounding: it never shrinks an image to ``min_dim``
+    (scale >= 1 before the ``max_dim`` cap), so a 1000 x 1200 photo at 800 / 1333 stays
+    1000 x 1200 there but is 800 x 960 in torchvision. Other modes keep matterport's rule.
+    """
     if mode == "none":
         return 1.0
     h, w = int(shape[0]), int(shape[1])
+    if style == "torchvision" and mode == "square" and min_dim and max_dim:
+        scale = min_dim / min(h, w)
+        if min_scale and scale < min_scale:
+            scale = min_scale
+        return min(scale, max_dim / max(h, w))
     scale = 1.0
     if min_dim:
         scale = max(1.0, min_dim / min(h, w))
@@ -38,28 +54,39 @@ def resize_scale(shape, min_dim: int | None = None, max_dim: int | None = None,
     return scale
 
 
-def scaled_size(shape, scale: float) -> tuple[int, int]:
-    """(height, width) of an image of ``shape`` resized by ``scale`` (as resize_image)."""
+def scaled_size(shape, scale: float, style: str = "matterport") -> tuple[int, int]:
+    """(height, width) of an image of ``shape`` resized by ``scale`` (as resize_image):
+    rounded (matterport), or floored as torch's ``interpolate(scale_factor=...,
+    recompute_scale_factor=True)`` in torchvision's transform (style "torchvision")."""
     h, w = int(shape[0]), int(shape[1])
     if scale == 1:
         return h, w
+    if style == "torchvision":
+        # float64 products, floored: torch.nn.functional.interpolate's output size.
+        return max(1, math.floor(float(h) * scale)), max(1, math.floor(float(w) * scale))
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def placement(shape, min_dim: int | None = None, max_dim: int | None = None,
-              mode: str = "square", rng: np.random.Generator | None = None) -> tuple:
+              mode: str = "square", rng: np.random.Generator | None = None,
+              style: str = "matterport") -> tuple:
     """Where a resized image of ``shape`` goes: resize_image's padding and crop.
 
     Returns (padding, crop, window): padding [(top, bottom), (left, right), (0, 0)] is
     applied first, then crop (y, x, h, w) or None; window (y1, x1, y2, x2) is the real
     image inside the result. ``crop`` mode draws the crop from ``rng``.
+    style (Config.DETECTOR_STYLE): "matterport" centres the image in ``square`` and
+    ``pad64`` modes; "torchvision" puts it at the top-left (padding below and to the
+    right only), as torchvision's batch canvas. ``crop`` (training only) and ``none``
+    are the same in both.
     """
     h, w = int(shape[0]), int(shape[1])
+    top_left = style == "torchvision"
     if mode == "none":
         return [(0, 0), (0, 0), (0, 0)], None, (0, 0, h, w)
     if mode == "square":
-        top = (max_dim - h) // 2
-        left = (max_dim - w) // 2
+        top = 0 if top_left else (max_dim - h) // 2
+        left = 0 if top_left else (max_dim - w) // 2
         padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)]
         return padding, None, (top, left, h + top, w + left)
     if mode == "pad64":
@@ -67,7 +94,7 @@ def placement(shape, min_dim: int | None = None, max_dim: int | None = None,
             raise ConfigError("IMAGE_MIN_DIM must be a multiple of 64 in 'pad64' mode")
         ph = (64 - h % 64) % 64
         pw = (64 - w % 64) % 64
-        top, left = ph // 2, pw // 2
+        top, left = (0, 0) if top_left else (ph // 2, pw // 2)
         padding = [(top, ph - top), (left, pw - left), (0, 0)]
         return padding, None, (top, left, h + top, w + left)
     if mode == "crop":
@@ -86,13 +113,18 @@ def placement(shape, min_dim: int | None = None, max_dim: int | None = None,
 
 def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | None = None,
                  min_scale: float | None = None, mode: str = "square",
-                 rng: np.random.Generator | None = None) -> tuple:
+                 rng: np.random.Generator | None = None, style: str = "matterport"
+                 ) -> tuple:
     """Resize keeping the aspect ratio, as matterport's modes do.
 
     Returns (image, window, scale, padding, crop):
       window (y1, x1, y2, x2): where the real image sits in the result (excluding padding)
       padding [(top, bottom), (left, right), (0, 0)]; crop (y, x, h, w) or None.
     ``crop`` picks a random min_dim x min_dim crop (``rng``: numpy Generator).
+    style (Config.DETECTOR_STYLE) "torchvision": torchvision's scale rule and size
+    rounding in ``square`` mode (``resize_scale``, ``scaled_size``) and the image at
+    the top-left (``placement``). The padding is a zero pixel either way (``mold_inputs``
+    molds torchvision's to 0 as it pads after normalising).
     """
     image_dtype = image.dtype
     h, w = image.shape[:2]
@@ -100,13 +132,13 @@ def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | N
         return image, (0, 0, h, w), 1.0, [(0, 0), (0, 0), (0, 0)], None
     if mode not in ("square", "pad64", "crop"):
         raise ConfigError(f"Unknown IMAGE_RESIZE_MODE {mode!r}")
-    scale = resize_scale((h, w), min_dim, max_dim, min_scale, mode)
+    scale = resize_scale((h, w), min_dim, max_dim, min_scale, mode, style)
     if scale != 1:
-        nh, nw = scaled_size((h, w), scale)
+        nh, nw = scaled_size((h, w), scale, style)
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if image.ndim == 2:
             image = image[..., None]
-    padding, crop, window = placement(image.shape, min_dim, max_dim, mode, rng)
+    padding, crop, window = placement(image.shape, min_dim, max_dim, mode, rng, style)
     if any(p != (0, 0) for p in padding[:2]):
         image = np.pad(image, padding, mode="constant", constant_values=0)
     if crop is not None:
@@ -115,12 +147,14 @@ def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | N
     return image.astype(image_dtype), window, scale, padding, crop
 
 
-def resize_mask(mask: np.ndarray, scale: float, padding, crop=None) -> np.ndarray:
-    """Apply resize_image's scale/padding/crop to an H x W x N mask (nearest)."""
+def resize_mask(mask: np.ndarray, scale: float, padding, crop=None,
+                style: str = "matterport") -> np.ndarray:
+    """Apply resize_image's scale/padding/crop to an H x W x N mask (nearest); style:
+    resize_image's (the size rounding)."""
     mask = np.asarray(mask)
     h, w, n = mask.shape
+    nh, nw = scaled_size((h, w), scale, style)
     if scale != 1 and n:
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         parts = []
         # cv2.resize handles at most 512 channels at a time.
         for i in range(0, n, 512):
@@ -129,7 +163,7 @@ def resize_mask(mask: np.ndarray, scale: float, padding, crop=None) -> np.ndarra
             parts.append(part.reshape(nh, nw, -1))
         mask = np.concatenate(parts, axis=-1)
     elif scale != 1:
-        mask = np.zeros((max(1, round(h * scale)), max(1, round(w * scale)), 0), mask.dtype)
+        mask = np.zeros((nh, nw, 0), mask.dtype)
     mask = np.pad(mask, padding, mode="constant", constant_values=0)
     if crop is not None:
         y, x, ch, cw = crop
@@ -302,19 +336,27 @@ def mold_inputs(images, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resize/pad uint8 RGB images for the inference graph.
 
     Returns molded_images [N, H, W, 3] float32, image_metas [N, META], windows [N, 4].
+    With DETECTOR_STYLE "torchvision" the image sits at the top-left and the padding
+    is 0 after molding (torchvision pads the normalised batch with zeros: the mean
+    colour); with "matterport" it is centred and a zero pixel (-MEAN_PIXEL molded).
     """
     c = config
+    style = c.DETECTOR_STYLE
     mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
     shape = inference_image_shape(c)
     molded, metas, windows = [], [], []
     for image in images:
         m, window, scale, padding, crop = resize_image(
             image, min_dim=c.IMAGE_MIN_DIM, min_scale=c.IMAGE_MIN_SCALE,
-            max_dim=c.IMAGE_MAX_DIM, mode=mode)
+            max_dim=c.IMAGE_MAX_DIM, mode=mode, style=style)
         m = pad_to_shape(m, shape)
         meta = compose_image_meta(0, image.shape, m.shape, window, scale,
                                   np.zeros([c.NUM_CLASSES], dtype=np.int32))
-        molded.append(mold_image(m, c))
+        m = mold_image(m, c)
+        if style == "torchvision":
+            y1, x1, y2, x2 = window
+            m[y2:], m[:, x2:] = 0.0, 0.0  # top-left placement: padding below, right
+        molded.append(m)
         metas.append(meta)
         windows.append(window)
     return np.stack(molded), np.stack(metas), np.array(windows)
