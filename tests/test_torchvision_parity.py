@@ -265,7 +265,9 @@ def test_jax_matches_torchvision_stage_by_stage_and_end_to_end(reference):
 def test_proposal_layer_is_torchvisions_filter_proposals():
     """The same RPN outputs through ProposalLayer(style="torchvision") and torchvision's
     RegionProposalNetwork.filter_proposals: 2 images, per-level top-100, boxes squashed
-    under 1e-3 px (dropped by both), fewer survivors than slots in one image."""
+    under 1e-3 px (dropped by both), fewer survivors than slots in one image, which is
+    40 x 56 at the top-left of the 64 x 64 canvas (clipped to its window as torchvision
+    clips to image_sizes)."""
     tv = load_torchvision()
     rpn_mod = tv.models.detection.rpn
     side, count, limit = 64, 100, 100
@@ -285,7 +287,9 @@ def test_proposal_layer_is_torchvisions_filter_proposals():
     deltas[1, :, 2:] += 1.0                                          # big boxes: few kept
     top_p2 = np.argsort(-logits[0, :768, 1])[:limit]
     assert (top_p2 % 7 == 0).sum() > 5  # squashed boxes are among the best: removal matters
-    ours = keras.ops.convert_to_numpy(layer(logits, deltas)) * side
+    sizes = [(side, side), (40, 56)]
+    window = np.array([[0, 0, h / side, w / side] for h, w in sizes], np.float32)
+    ours = keras.ops.convert_to_numpy(layer(logits, deltas, window)) * side
     ref = rpn_mod.RegionProposalNetwork(
         None, None, 0.7, 0.3, 256, 0.5, dict(training=limit, testing=limit),
         dict(training=count, testing=count), 0.7).eval()
@@ -294,8 +298,8 @@ def test_proposal_layer_is_torchvisions_filter_proposals():
                                    [tv_anchors, tv_anchors]).view(2, -1, 4)
     per_level = [h * w * 3 for h, w in params["feature_shapes"]]
     boxes, scores = ref.filter_proposals(decoded, torch.from_numpy(logits[..., 1]),
-                                         [(side, side)] * 2, per_level)
-    assert (len(boxes[0]), len(boxes[1])) == (count, 45)
+                                         sizes, per_level)
+    assert (len(boxes[0]), len(boxes[1])) == (count, 35)
     for b in range(2):
         theirs = boxes[b].numpy()
         mine = ours[b][:, [1, 0, 3, 2]]
@@ -303,6 +307,11 @@ def test_proposal_layer_is_torchvisions_filter_proposals():
         assert not mine[k:].any()                                     # zero padding
         np.testing.assert_allclose(mine[:k], theirs, atol=1e-4)
         assert ((theirs[:, 3] - theirs[:, 1]) >= 1e-3).all()
+    assert ours[1][:, 2].max() == 40 and ours[1][:, 3].max() == 56   # clipped to 40 x 56
+    # Without a window (graphs saved before it), clipped to the canvas as before.
+    whole = keras.ops.convert_to_numpy(layer(logits, deltas)) * side
+    np.testing.assert_array_equal(whole[0], ours[0])
+    assert whole[1][:, 2].max() > 40
 
 
 # ------------------------------------------------------------------------ converter
