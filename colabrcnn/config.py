@@ -317,7 +317,10 @@ class Config:
     # PRE_NMS_LIMIT proposals with NMS per level and deltas clamped at log(1000/16),
     # its ROIAlign (aligned=False, 2x2 samples per bin, level = floor(4 + log2(s/224))),
     # every class of every box as a candidate detection, and masks pasted as its
-    # paste_masks_in_image. "matterport": matterport's.
+    # paste_masks_in_image; images resized as its transform ("square" mode: the short
+    # side to IMAGE_MIN_DIM unless the long side would pass IMAGE_MAX_DIM), placed at
+    # the top-left of the canvas, padded with the mean colour (0 once molded), and
+    # proposals clipped to the image, not the canvas. "matterport": matterport's.
     DETECTOR_STYLE = "matterport"
 
     def __init__(self, **overrides):
