@@ -101,6 +101,11 @@ def test_torchvision_scale_rule_shrinks_to_min_dim_and_floors_sizes():
     # pad64 / none: matterport's rule in both styles.
     assert transform.resize_scale((200, 300), 64, 128, mode="pad64",
                                   style="torchvision") == 1.0
+    # pad64: padded to multiples of 64 below and to the right (matterport: centred).
+    padding, _, window = transform.placement((50, 100, 3), 64, 128, "pad64",
+                                             style="torchvision")
+    assert padding[:2] == [(0, 14), (0, 28)] and window == (0, 0, 50, 100)
+    assert transform.placement((50, 100, 3), 64, 128, "pad64")[2] == (7, 14, 57, 114)
 
 
 def test_torchvision_style_places_top_left_and_unmolds_to_the_original_pixels():
