@@ -29,7 +29,10 @@ Recipes (--recipe, several allowed):
   sgd-frozen   the same at LR 0.01 (the run of issue 16)
   adam-demo    the shapes demo's: TRAIN_BN True, Adam 1e-3 with a cosine decay
   NAME:K=V,... any of the above with Config settings changed, e.g.
-               "default:LEARNING_RATE=0.002" or "sgd-frozen:TRAIN_BN=True"
+               "default:LEARNING_RATE=0.002" or "sgd-frozen:TRAIN_BN=True"; two
+               keys are the benchmark's own: BN_MOMENTUM=m (every BatchNorm) and
+               RESIDUAL_GAMMA=g (the initial gamma of each residual branch's last
+               BatchNorm, bn*_branch2c / bn*_branch2b: 0 starts every block as identity)
 
 The figures depend on the machine's load: the header line prints the load average.
 """
@@ -189,8 +192,11 @@ def held_out_metrics(model, held):
             "box_AP50": m["bbox"]["AP50"] or 0.0, "detections": m["num_predictions"]}
 
 
-def run(data, recipe, steps, eval_every, seed, out_dir, verbose, backbone=None, size=None):
-    """Train one recipe on one dataset; returns the list of evaluation points."""
+def run(data, recipe, steps, eval_every, seed, out_dir, verbose, backbone=None, size=None,
+        eval_at_start=True, train_verbose=0):
+    """Train one recipe on one dataset; returns the list of evaluation points (the
+    untrained model's first unless not ``eval_at_start``). train_verbose: train()'s
+    verbose (1: progress bar and the recipe's log line)."""
     import keras
 
     from colabrcnn import MaskRCNN
@@ -199,6 +205,7 @@ def run(data, recipe, steps, eval_every, seed, out_dir, verbose, backbone=None, 
     settings, lr, make_optimizer = recipe_settings(name)
     settings.update(overrides)
     bn_momentum = settings.pop("BN_MOMENTUM", None)
+    residual_gamma = settings.pop("RESIDUAL_GAMMA", None)
     settings["STEPS_PER_EPOCH"] = eval_every
     config = make_config(data, settings, backbone, size)
     keras.utils.set_random_seed(seed)
@@ -208,9 +215,12 @@ def run(data, recipe, steps, eval_every, seed, out_dir, verbose, backbone=None, 
         for layer in _all_layers(model.keras_model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(bn_momentum)
+    if residual_gamma is not None:
+        set_residual_gamma(model.keras_model, float(residual_gamma))
     epochs = max(1, round(steps / eval_every))
     optimizer = make_optimizer(config, epochs * eval_every) if make_optimizer else None
-    points = [dict(step=0, train_seconds=0.0, **held_out_metrics(model, held))]
+    points = [dict(step=0, train_seconds=0.0, **held_out_metrics(model, held))] \
+        if eval_at_start else []
     clock = {"train": 0.0}
 
     class Probe(keras.callbacks.Callback):
@@ -241,12 +251,29 @@ def run(data, recipe, steps, eval_every, seed, out_dir, verbose, backbone=None, 
 
     budget_s = RUN_BUDGET.get("seconds")
     model.train(train, None, learning_rate=lr or config.LEARNING_RATE, epochs=epochs,
-                layers="all", optimizer=optimizer, resume=False, seed=seed, verbose=0,
-                custom_callbacks=[Probe()])
+                layers="all", optimizer=optimizer, resume=False, seed=seed,
+                verbose=train_verbose, custom_callbacks=[Probe()])
     return points
 
 
 RUN_BUDGET = {}
+
+
+def set_residual_gamma(keras_model, value):
+    """Set the gamma of the last BatchNorm of every residual branch (bottleneck 2c,
+    basic block 2b) to ``value``; returns how many layers were set."""
+    import re
+
+    import numpy as np
+    last = re.compile(r"bn\d+[a-z]+_branch2c" if any(
+        l.name.endswith("_branch2c") for l in _all_layers(keras_model))
+        else r"bn\d+[a-z]+_branch2b")
+    n = 0
+    for layer in _all_layers(keras_model):
+        if last.fullmatch(layer.name):
+            layer.gamma.assign(np.full(layer.gamma.shape, value, "float32"))
+            n += 1
+    return n
 
 
 def _all_layers(model):

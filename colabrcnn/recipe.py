@@ -2,8 +2,11 @@
 
 matterport's defaults (BatchNorm frozen, SGD at 0.001-0.02) assume a backbone loaded
 from COCO or ImageNet weights. From random weights a frozen BatchNorm normalises
-nothing (mean 0, variance 1), bottleneck ResNets start with exploding activations, and
-such a run barely learns (issue 16: held-out mask AP50 0.02 after 15 CPU minutes).
+nothing (mean 0, variance 1) and such a run barely learns (issue 16: held-out mask AP50
+0.02 after 15 CPU minutes; the zero-initialised residual gammas of model/backbone.py
+keep a random bottleneck ResNet from exploding, yet frozen-BN SGD still found no
+held-out nucleus on ResNet-50, see the README). The recipe is the same for every
+backbone: on ResNet-18, -50 and -101 none of the variants measured did better.
 This module records what ``load_weights`` loaded (:func:`weights_origin`), resolves
 ``TRAIN_BN = "auto"`` from it and decides whether ``train()`` uses the from-scratch
 recipe of the ``SCRATCH_*`` Config settings (measured with ``benchmarks/learning.py``).

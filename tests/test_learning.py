@@ -141,62 +141,68 @@ def test_first_batch_losses_of_a_fresh_model_are_near_neutral(tmp_path, backbone
         assert abs(losses[name] - value) <= 0.2 * value, (name, losses[name], value)
 
 
-def test_frozen_batchnorm_on_a_random_bottleneck_resnet_starts_far_from_neutral(tmp_path):
-    """Why TRAIN_BN="auto" trains BatchNorm from random weights: frozen statistics
-    (mean 0, variance 1) normalise nothing and ResNet-50's activations explode; the
-    first losses are hundreds of times the neutral ones (measured 238 for RPN objectness,
-    522 for classes)."""
+def test_random_bottleneck_blocks_start_as_identity_so_frozen_batchnorm_does_not_explode(
+        tmp_path):
+    """The last BatchNorm of every bottleneck branch (bn*_branch2c) starts with gamma 0
+    ("zero_init_residual"), every other gamma with 1: a random ResNet-50 with frozen
+    BatchNorm (statistics mean 0, variance 1: no normalisation) then starts with an RPN
+    class loss of 2.9 (seed 1) instead of the 238 measured with all gammas 1."""
     keras.utils.set_random_seed(1)
     config = tiny_config(TRAIN_BN=False, BACKBONE="resnet50", IMAGE_MIN_DIM=128,
                          IMAGE_MAX_DIM=128)
     model = MaskRCNN("training", config, str(tmp_path))
+    gammas = {layer.name: np.asarray(layer.gamma)
+              for layer in recipe.batchnorm_layers(model.keras_model)
+              if layer.name.startswith("bn")}
+    last = [n for n in gammas if n.endswith("_branch2c")]
+    assert len(last) == 16  # ResNet-50: 3 + 4 + 6 + 3 bottlenecks
+    assert all(not gammas[n].any() for n in last)
+    assert all((g == 1).all() for n, g in gammas.items() if n not in last)
     batch = DataGenerator(shapes(2, 128, seed=1), config, shuffle=False, seed=1)[0]
     losses = model.keras_model(batch, training=True)
-    assert float(np.asarray(losses["rpn_class_loss"])) > 10 * math.log(2)
-    assert float(np.asarray(losses["mrcnn_class_loss"])) > 10 * math.log(config.NUM_CLASSES)
+    assert float(np.asarray(losses["rpn_class_loss"])) < 10 * math.log(2)
 
 
 # --------------------------------------------------------- real annotated images
-def _nuclei():
-    """datasets/nuclei (DSB 2018, human-annotated): 12 training tiles, 4 held out."""
+def _benchmark():
+    """benchmarks/learning.py: the real annotated datasets and its training run."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         import learning
     finally:
         sys.path.pop(0)
-    return learning.nuclei()
+    return learning
 
 
-def _held_out_mask_ap50(tmp_path, steps, **settings):
-    """Train from random weights for ``steps`` steps with the README's call; the COCO
-    mask AP50 (pycocotools) on tiles it never saw, and what train() logged."""
-    from colabrcnn import evaluate
-    from colabrcnn.demo import ShapesConfig
-    train, held = _nuclei()
-    config = ShapesConfig(NAME="nuclei", NUM_CLASSES=2, MAX_GT_INSTANCES=32,
-                          DETECTION_MIN_CONFIDENCE=0.05, DETECTION_MAX_INSTANCES=50,
-                          STEPS_PER_EPOCH=steps, CHECKPOINT_EVERY_MINUTES=None,
-                          CHECKPOINT_KEEP=1, **{"TRAIN_BN": "auto", **settings})
-    keras.utils.set_random_seed(0)
-    model = MaskRCNN("training", config, str(tmp_path))
+def _held_out_mask_ap50(tmp_path, data, recipe_name, steps, backbone):
+    """benchmarks/learning.py's run: train from random weights for ``steps`` steps (one
+    cosine period), seed 0; the COCO mask AP50 (pycocotools) on the held-out images,
+    which training never sees, and what train() logged."""
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
     logging.getLogger("colabrcnn").addHandler(handler)
     try:
-        model.train(train, None, learning_rate=config.LEARNING_RATE, epochs=1, layers="all",
-                    resume=False, seed=0, verbose=1)
+        points = _benchmark().run(data, recipe_name, steps, steps, 0,
+                                  str(tmp_path / recipe_name), verbose=0,
+                                  backbone=backbone, eval_at_start=False, train_verbose=1)
     finally:
         logging.getLogger("colabrcnn").removeHandler(handler)
-    metrics = evaluate.coco_metrics(model, held, out_json=False, verbose=0)
-    return metrics["segm"]["AP50"] or 0.0, records
+    return points[-1]["mask_AP50"], records
 
 
-def test_real_nuclei_from_random_weights_learn_with_the_readme_calls(tmp_path):
+def test_real_nuclei_from_random_weights_learn_where_frozen_batchnorm_sgd_does_not(tmp_path):
     """The README's calls from random weights (defaults: TRAIN_BN "auto", the scratch
-    recipe, said in one line) find held-out nuclei after 50 steps (AP50 0.26 measured
-    here; an untrained model scores 0). Where frozen-BatchNorm SGD fails is the
-    bottleneck ResNets (see the first-batch test); on this ResNet-18 it learns too."""
-    ap50, said = _held_out_mask_ap50(tmp_path, 50)
+    recipe, said in one line) against the run of issue 16 (BatchNorm frozen, SGD at
+    0.01, no line), 30 steps each with ResNet-50 (a bottleneck ResNet like the default
+    ResNet-101) on the human-annotated nuclei (12 training tiles of 128 px, 4 held out):
+    held-out mask AP50 0.26 against 0.00 (seed 0; 0.30 against 0.00 with seed 1; 0.38
+    and 0.23 against 0.00 after 50 steps). The coins sample shows it at 192 px and 100
+    steps (0.83 against 0.26, seed 0), at twice this test's cost; on ResNet-18 the
+    two recipes are within noise of each other (README)."""
+    ours, said = _held_out_mask_ap50(tmp_path, "nuclei", "default", 30, "resnet50")
     assert sum("Training from random weights" in line for line in said) == 1
-    assert ap50 >= 0.15, ap50
+    theirs, said = _held_out_mask_ap50(tmp_path, "nuclei", "sgd-frozen", 30, "resnet50")
+    assert not any("Training from random weights" in line for line in said)
+    assert ours >= 0.15, (ours, theirs)
+    assert ours >= theirs + 0.15, (ours, theirs)

@@ -91,7 +91,10 @@ def bottleneck_block(x, kernel_size, filters, stage, block, strides=None, train_
     y = BatchNorm(train_bn, name=bn_name + "2b")(y)
     y = layers.Activation("relu")(y)
     y = _conv(f3, 1, conv_name + "2c")(y)
-    y = BatchNorm(train_bn, name=bn_name + "2c")(y)
+    # Zero-initialised last gamma ("zero_init_residual", as torchvision offers): from
+    # random weights each block starts as identity instead of adding up exploding
+    # branches. An initializer only: weight files load by name as before.
+    y = BatchNorm(train_bn, name=bn_name + "2c", gamma_initializer="zeros")(y)
     if strides is not None:
         shortcut = _conv(f3, 1, conv_name + "1", strides=s)(x)
         shortcut = BatchNorm(train_bn, name=bn_name + "1")(shortcut)
