@@ -345,6 +345,13 @@ def _run_epochs(model, train_gen, val_gen, step, epochs, layers, learning_rate,
         logger.info("\nStarting at epoch %d. LR=%s\nCheckpoint path: %s", model.epoch,
                     learning_rate, model.checkpoint_path)
     history = None
+    if step and step >= len(train_gen):
+        # A timed checkpoint on the epoch's last step, and the session ended before the
+        # epoch-end one: every batch of that epoch was trained, go on with the next.
+        logger.info("Epoch %d had finished its %d steps; continuing with epoch %d.",
+                    model.epoch + 1, len(train_gen), model.epoch + 2)
+        model.epoch += 1
+        step = 0
     if step:
         # Finish the interrupted epoch first: the same batches it would have had.
         _start_epoch(train_gen, model.epoch)

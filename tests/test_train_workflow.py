@@ -148,6 +148,32 @@ def test_train_writes_checkpoints_logs_and_plot_and_resume_auto_skips(tmp_path):
     assert int(keras.ops.convert_to_numpy(w_resumed)) == 4 * TinyConfig.STEPS_PER_EPOCH
 
 
+def test_resume_from_a_timed_checkpoint_on_the_last_step_of_an_epoch(tmp_path):
+    """A timed checkpoint can land on an epoch's last step, just before the epoch-end
+    one; a session that ends between the two resumes with the next epoch (the
+    interrupted one has no batch left, which Keras would refuse as an empty dataset)."""
+    keras.utils.set_random_seed(0)
+    ds = shapes(4, 64, seed=0)
+    cfg = TinyConfig(STEPS_PER_EPOCH=2)
+    model = MaskRCNN("training", cfg, str(tmp_path))
+    model.train(ds, None, learning_rate=0.01, epochs=1, layers="all", seed=0, verbose=0)
+    run = model.log_dir
+    # What the timed checkpoint wrote at step 2 of 2; the epoch-end file never came.
+    on_last_step = C.save_checkpoint(
+        model.keras_model, C.checkpoint_path(run, "tiny", 0, 2),
+        model.keras_model.optimizer, epochs_done=0, step=2, config=cfg, layers="all",
+        origin=model.weights_origin)
+    for name in ("mask_rcnn_tiny_0001.h5", "mask_rcnn_tiny_best.h5"):
+        if os.path.exists(os.path.join(run, name)):
+            os.remove(os.path.join(run, name))
+    assert C.resume_point("auto", run, str(tmp_path), "tiny", 0)[1:] == (0, 2)
+
+    again = MaskRCNN("training", cfg, str(tmp_path))
+    history = again.train(ds, None, learning_rate=0.01, epochs=2, layers="all", verbose=0)
+    assert history.epoch == [1] and again.epoch == 2
+    assert os.path.exists(os.path.join(run, "mask_rcnn_tiny_0002.h5"))
+
+
 KILL_SCRIPT = r"""
 import os, sys
 import keras

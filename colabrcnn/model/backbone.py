@@ -68,7 +68,8 @@ def torchvision_bottleneck_block(x, filters, stage, block, strides=None, train_b
     y = BatchNorm(train_bn, epsilon=eps, name=bn_name + "2b")(y)
     y = layers.Activation("relu")(y)
     y = _torch_conv(y, f3, 1, conv_name + "2c")
-    y = BatchNorm(train_bn, epsilon=eps, name=bn_name + "2c")(y)
+    # Zero last gamma, as in bottleneck_block (torchvision's zero_init_residual).
+    y = BatchNorm(train_bn, epsilon=eps, name=bn_name + "2c", gamma_initializer="zeros")(y)
     if strides is not None:
         shortcut = _torch_conv(x, f3, 1, conv_name + "1", strides=s)
         shortcut = BatchNorm(train_bn, epsilon=eps, name=bn_name + "1")(shortcut)
