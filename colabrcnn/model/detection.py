@@ -1,33 +1,14 @@
 """Inference: ROIs + head outputs -> final detections with per-class NMS."""
-import math
-
 import keras
 from keras import ops
 
 from . import ops as cops
-from .boxes import apply_box_deltas, clip_to_window
+from .boxes import TORCHVISION_LOG_SCALE_CLIP, apply_box_deltas, clip_to_window
 
 
-# torchvision's BoxCoder clamp of the log-scale deltas before exp: log(1000 / 16).
-TORCHVISION_DELTA_CLIP = math.log(1000.0 / 16)
 # Candidates (ROI, class) that DetectionLayer's torchvision style passes to NMS (see
 # DetectionLayer.call_torchvision for why this is exact on realistic inputs).
 TORCHVISION_CANDIDATES = 4096
-
-
-def decode_torchvision(boxes, deltas):
-    """torchvision's BoxCoder.decode in our layout: boxes [..., (y1, x1, y2, x2)] and
-    deltas [..., (dy, dx, log dh, log dw)] (already times BBOX_STD_DEV) -> [..., 4];
-    log-scales clamped at log(1000/16), operations in torchvision's order."""
-    h = boxes[..., 2] - boxes[..., 0]
-    w = boxes[..., 3] - boxes[..., 1]
-    cy = boxes[..., 0] + 0.5 * h
-    cx = boxes[..., 1] + 0.5 * w
-    cy = deltas[..., 0] * h + cy
-    cx = deltas[..., 1] * w + cx
-    h = ops.exp(ops.minimum(deltas[..., 2], TORCHVISION_DELTA_CLIP)) * h
-    w = ops.exp(ops.minimum(deltas[..., 3], TORCHVISION_DELTA_CLIP)) * w
-    return ops.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="colabrcnn")
@@ -108,7 +89,9 @@ class DetectionLayer(keras.layers.Layer):
         n = num_rois * (nc - 1)
         d = ops.cast(deltas, "float32")[:, :, 1:, :] * ops.convert_to_tensor(
             self.bbox_std_dev, "float32")                                    # [B, R, NC-1, 4]
-        boxes = decode_torchvision(ops.expand_dims(rois, 2), d)            # [B, R, NC-1, 4]
+        # torchvision's BoxCoder.decode: log-scales clamped at log(1000/16).
+        boxes = apply_box_deltas(ops.expand_dims(rois, 2), d,
+                                 TORCHVISION_LOG_SCALE_CLIP)               # [B, R, NC-1, 4]
         boxes = clip_to_window(ops.reshape(boxes, (-1, n, 4)),
                                ops.cast(window, "float32"))                # [B, n, 4]
         scores = ops.reshape(probs[:, :, 1:], (-1, n))                     # [B, n]
