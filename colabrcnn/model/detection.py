@@ -60,16 +60,21 @@ class DetectionLayer(keras.layers.Layer):
         keep = ops.logical_and(keep, scores >= self.min_confidence)
         nonempty = ops.logical_and(boxes[..., 2] > boxes[..., 0], boxes[..., 3] > boxes[..., 1])
         keep = ops.logical_and(keep, nonempty)
+        return self.per_class_nms(boxes, class_ids, ops.where(keep, scores, -1.0))
+
+    def per_class_nms(self, boxes, class_ids, scores):
+        """boxes [B, N, 4] normalized (inside [0, 1]), class_ids [B, N] int32, scores
+        [B, N] (-1 for candidates already dropped) -> the detections [B, max_instances,
+        6] that survive NMS within each class, by score, zero rows after the last."""
         # Per-class NMS in one call: shift each class to its own region of the plane
-        # so boxes of different classes never overlap.
+        # so boxes of different classes never overlap (torchvision's batched_nms).
         shift = ops.cast(ops.expand_dims(class_ids, -1), "float32") * 2.0
-        nms_scores = ops.where(keep, scores, -1.0)
-        idx, num = cops.non_max_suppression(boxes + shift, nms_scores, self.max_instances,
+        idx, num = cops.non_max_suppression(boxes + shift, scores, self.max_instances,
                                             self.nms_threshold, score_threshold=0.0)
         valid = ops.arange(self.max_instances)[None, :] < ops.expand_dims(num, -1)
         sel_boxes = ops.take_along_axis(boxes, ops.expand_dims(idx, -1), axis=1)
         sel_class = ops.cast(ops.take_along_axis(class_ids, idx, axis=1), "float32")
-        sel_scores = ops.take_along_axis(nms_scores, idx, axis=1)
+        sel_scores = ops.take_along_axis(scores, idx, axis=1)
         valid = ops.logical_and(valid, sel_scores >= 0.0)
         det = ops.concatenate([sel_boxes, sel_class[..., None], sel_scores[..., None]], -1)
         return ops.where(ops.expand_dims(valid, -1), det, 0.0)
@@ -120,19 +125,8 @@ class DetectionLayer(keras.layers.Layer):
         top = ops.cast(top, "int32")
         top_boxes = ops.take_along_axis(boxes, ops.expand_dims(top, -1), axis=1)
         top_class = ops.take_along_axis(class_ids, top, axis=1)
-        # Per-class NMS in one call: each class moved to its own region of the plane
-        # (boxes are clipped to the window inside [0, 1]), as torchvision's batched_nms.
-        shift = ops.cast(ops.expand_dims(top_class, -1), "float32") * 2.0
-        idx, num = cops.non_max_suppression(top_boxes + shift, top_scores,
-                                            self.max_instances, self.nms_threshold,
-                                            score_threshold=0.0)
-        valid = ops.arange(self.max_instances)[None, :] < ops.expand_dims(num, -1)
-        sel_boxes = ops.take_along_axis(top_boxes, ops.expand_dims(idx, -1), axis=1)
-        sel_class = ops.cast(ops.take_along_axis(top_class, idx, axis=1), "float32")
-        sel_scores = ops.take_along_axis(top_scores, idx, axis=1)
-        valid = ops.logical_and(valid, sel_scores >= 0.0)
-        det = ops.concatenate([sel_boxes, sel_class[..., None], sel_scores[..., None]], -1)
-        return ops.where(ops.expand_dims(valid, -1), det, 0.0)
+        # (Boxes are clipped to the window, inside [0, 1].)
+        return self.per_class_nms(top_boxes, top_class, top_scores)
 
     def compute_output_shape(self, rois_shape, probs_shape, deltas_shape, window_shape):
         return (rois_shape[0], self.max_instances, 6)
