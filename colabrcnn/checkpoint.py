@@ -174,11 +174,19 @@ def is_complete(path) -> bool:
         return False
 
 
+# Optimizer variables that hold the learning rate given to train(), not training state
+# (the constant rate's, and train.LearningRateSchedule's numbers).
+SCHEDULE_NUMBERS = "lr_schedule_numbers"
+_RATE_VARIABLES = ("learning_rate", SCHEDULE_NUMBERS)
+
+
 def restore_optimizer(optimizer, path, trainable_variables) -> str:
     """Load optimizer variables saved by save_checkpoint; returns what was restored.
 
     The optimizer is built for ``trainable_variables`` first. When the saved state
     does not match (other layers trained), only the iteration counter is restored.
+    The learning rate (a constant's variable, a schedule's numbers) is not restored:
+    it is the one this ``train()`` call was given.
     """
     import h5py
     optimizer.build(trainable_variables)
@@ -191,7 +199,8 @@ def restore_optimizer(optimizer, path, trainable_variables) -> str:
     if len(saved) == len(variables) and all(
             tuple(s.shape) == tuple(v.shape) for s, v in zip(saved, variables)):
         for v, s in zip(variables, saved):
-            v.assign(s.astype(v.dtype))
+            if v.name not in _RATE_VARIABLES:
+                v.assign(s.astype(v.dtype))
         return "all"
     # Different trainable set: keep the position of the schedule at least.
     for v, s in zip(variables, saved):

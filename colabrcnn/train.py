@@ -20,6 +20,7 @@ import numpy as np
 from keras import ops
 
 from . import memory, recipe
+from .checkpoint import SCHEDULE_NUMBERS
 from .checkpoint import (STATE_GROUP, checkpoint_path,  # noqa: F401 (re-exported)
                          find_last, list_checkpoints, parse_checkpoint_name,
                          prune_checkpoints, read_state, restore_optimizer, save_checkpoint)
@@ -72,6 +73,12 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     (to 0 at end_epoch), times a linear warm-up over warmup_steps. The position comes
     from the optimizer's counter, which checkpoints restore, so a resumed run continues
     the same curve.
+
+    After :meth:`attach`, the numbers (base rate, lengths, factor, epochs) are read from
+    a variable of the optimizer instead of being traced into the compiled step as
+    constants: a later ``train()`` call with another epoch count or rate only assigns
+    them (:meth:`assign_numbers`) and keeps the compiled step. Only the formula's shape
+    (:meth:`structure`) is compiled in.
     """
 
     def __init__(self, base_lr, kind="constant", steps_per_epoch=1, end_epoch=1,
@@ -83,20 +90,56 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
         self.step_epochs = [int(e) for e in step_epochs]
         self.step_factor = float(step_factor)
+        self.numbers_variable = None
+
+    def structure(self) -> tuple:
+        """What the traced formula depends on besides the numbers."""
+        return (self.kind, self.warmup_steps > 0,
+                len(self.step_epochs) if self.kind == "step" else 0)
+
+    def numbers(self) -> list[float]:
+        """[base_lr, steps_per_epoch, end_epoch, warmup_steps, step_factor, *step_epochs]"""
+        return [self.base_lr, float(self.steps_per_epoch), float(self.end_epoch),
+                float(self.warmup_steps), self.step_factor,
+                *[float(e) for e in self.step_epochs]]
+
+    def attach(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """Keep the numbers in a new variable of ``optimizer`` (before it is built),
+        which the compiled step reads (and JAX passes in with the optimizer's state)."""
+        numbers = self.numbers()
+        self.numbers_variable = optimizer.add_variable(
+            (len(numbers),), dtype="float32", aggregation="only_first_replica",
+            name=SCHEDULE_NUMBERS)
+        self.numbers_variable.assign(np.asarray(numbers, "float32"))
+        optimizer.colabrcnn_lr_schedule = self  # see schedule_of()
+
+    def assign_numbers(self, other: "LearningRateSchedule") -> None:
+        """Take ``other``'s numbers (same structure) into this attached schedule."""
+        if other.structure() != self.structure() or self.numbers_variable is None:
+            raise ValueError("assign_numbers needs an attached schedule of the same "
+                             f"structure ({self.structure()} vs {other.structure()})")
+        for name in ("base_lr", "steps_per_epoch", "end_epoch", "warmup_steps",
+                     "step_epochs", "step_factor"):
+            setattr(self, name, getattr(other, name))
+        self.numbers_variable.assign(np.asarray(self.numbers(), "float32"))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        lr = ops.convert_to_tensor(self.base_lr, "float32")
+        n = (self.numbers_variable if self.numbers_variable is not None
+             else ops.convert_to_tensor(np.asarray(self.numbers(), "float32")))
+        # n: see numbers(); indexing a variable reads its current value.
+        lr = n[0]
         if self.kind == "step" and self.step_epochs:
-            epoch = ops.floor(step / self.steps_per_epoch)
-            drops = sum(ops.cast(epoch >= e, "float32") for e in self.step_epochs)
-            lr = lr * ops.power(self.step_factor, drops)
+            epoch = ops.floor(step / n[1])
+            drops = sum(ops.cast(epoch >= n[5 + i], "float32")
+                        for i in range(len(self.step_epochs)))
+            lr = lr * ops.power(n[4], drops)
         elif self.kind == "cosine":
-            total = float(max(1, self.end_epoch * self.steps_per_epoch))
+            total = ops.maximum(1.0, n[2] * n[1])
             progress = ops.clip(step / total, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
         if self.warmup_steps > 0:
-            lr = lr * ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+            lr = lr * ops.minimum(1.0, (step + 1.0) / n[3])
         return lr
 
     def get_config(self):
@@ -104,6 +147,13 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "steps_per_epoch": self.steps_per_epoch, "end_epoch": self.end_epoch,
                 "warmup_steps": self.warmup_steps, "step_epochs": self.step_epochs,
                 "step_factor": self.step_factor}
+
+
+def schedule_of(optimizer) -> LearningRateSchedule | None:
+    """The attached LearningRateSchedule of an optimizer made by make_optimizer
+    (looked through Keras' LossScaleOptimizer), or None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return getattr(inner, "colabrcnn_lr_schedule", None)
 
 
 def make_optimizer(config, learning_rate, end_epoch=1, momentum=None, from_scratch=False):
@@ -128,12 +178,15 @@ def make_optimizer(config, learning_rate, end_epoch=1, momentum=None, from_scrat
     common = dict(learning_rate=lr, clipnorm=config.GRADIENT_CLIP_NORM,
                   gradient_accumulation_steps=k if k > 1 else None)
     if kind == "adam":
-        return keras.optimizers.Adam(**common)
-    if kind == "adamw":
-        return keras.optimizers.AdamW(**common)
-    return keras.optimizers.SGD(
-        momentum=config.LEARNING_MOMENTUM if momentum is None else momentum, **common)
-
+        optimizer = keras.optimizers.Adam(**common)
+    elif kind == "adamw":
+        optimizer = keras.optimizers.AdamW(**common)
+    else:
+        optimizer = keras.optimizers.SGD(
+            momentum=config.LEARNING_MOMENTUM if momentum is None else momentum, **common)
+    if isinstance(lr, LearningRateSchedule):
+        lr.attach(optimizer)
+    return optimizer
 
 
 

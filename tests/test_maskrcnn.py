@@ -1,7 +1,9 @@
 """The assembly (model/maskrcnn.py): what the training graph computes, on a tiny model."""
 import keras
 import numpy as np
+import pytest
 
+from colabrcnn import train as T
 from colabrcnn import utils
 from colabrcnn.model.losses import MRCNNMaskLoss
 from colabrcnn.model.spec import positive_count
@@ -84,3 +86,17 @@ def test_a_second_compile_with_the_same_layers_keeps_the_compiled_step(tmp_path)
     km.make_train_function()
     model.compile(0.002, momentum=0.5)
     assert km.train_function is None
+    # The from-scratch recipe (a warmed-up cosine over the call's epochs): a later call
+    # with another epoch count keeps the step and sets the schedule's length.
+    model.compile(0.002, from_scratch=True, end_epoch=1)
+    km.make_train_function()
+    step = km.train_function
+    warm = model.config.SCRATCH_LR_WARMUP_STEPS
+    model.compile(0.002, from_scratch=True, end_epoch=3)
+    assert km.train_function is step
+    schedule = T.schedule_of(km.optimizer)
+    assert (schedule.end_epoch, schedule.warmup_steps) == (3, warm)
+    km.optimizer.iterations.assign(model.config.STEPS_PER_EPOCH)  # end of epoch 1 of 3
+    expected = model.config.SCRATCH_LEARNING_RATE * 0.5 * (1 + np.cos(np.pi / 3))
+    assert float(to_numpy(km.optimizer.learning_rate)) == \
+        pytest.approx(expected * min(1.0, (model.config.STEPS_PER_EPOCH + 1) / max(1, warm)))

@@ -18,6 +18,7 @@ from colabrcnn import checkpoint as C
 from colabrcnn import train as T
 from colabrcnn.data import shapes
 from colabrcnn.demo import ShapesConfig
+from conftest import run_in_backend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,6 +94,44 @@ def test_learning_rate_schedules():
     warm = lr(kind="constant", warmup_steps=20)
     assert warm[0] == pytest.approx(0.1 / 20) and warm[3] == pytest.approx(0.1)
     assert warm[1] == pytest.approx(0.1 * 10 / 20)
+
+
+SCHEDULE_IN_STEP = """
+import json
+import keras, numpy as np
+from colabrcnn import train as T
+from colabrcnn.config import Config
+
+# loss = mean(output): the bias gradient is 1 whatever the weights, so each step moves
+# the bias by exactly -lr (SGD without momentum or clipping).
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+cfg = Config(NAME="t", NUM_CLASSES=2, STEPS_PER_EPOCH=4, LR_SCHEDULE="cosine",
+             LEARNING_MOMENTUM=0.0, GRADIENT_CLIP_NORM=None)
+opt = T.make_optimizer(cfg, 0.1, end_epoch=2)
+model.compile(optimizer=opt, loss=lambda y, p: keras.ops.mean(p),
+              jit_compile=keras.backend.backend() != "torch")
+x, y = np.ones((2, 3), "float32"), np.zeros((2, 1), "float32")
+schedule = T.schedule_of(opt)
+moves = []
+for numbers in [None, (0.0, 2), (0.1, 1)]:
+    if numbers is not None:  # a later train() call: new numbers, same compiled step
+        schedule.assign_numbers(T.LearningRateSchedule(numbers[0], "cosine", 4, numbers[1]))
+    before = float(model.layers[0].bias.numpy()[0])
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, shuffle=False)
+    moves.append(before - float(model.layers[0].bias.numpy()[0]))
+print(json.dumps(moves))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_compiled_step_reads_the_schedule_numbers_assigned_later(backend):
+    """A schedule's numbers live in an optimizer variable: assigning new ones (as a
+    second train() call does) changes the rate the already-compiled step uses."""
+    moves = json.loads(run_in_backend(backend, SCHEDULE_IN_STEP).strip().splitlines()[-1])
+    # Step 0 at 0.1 (cosine start); step 1 at base 0; step 2 at 0.1 with the cosine
+    # now over 1 epoch of 4 steps: 0.1 * (1 + cos(pi * 2 / 4)) / 2 = 0.05.
+    np.testing.assert_allclose(moves, [0.1, 0.0, 0.05], atol=1e-6)
 
 
 def test_gradient_accumulation_equals_a_larger_batch():

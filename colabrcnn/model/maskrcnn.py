@@ -485,9 +485,10 @@ class MaskRCNN(InspectionMixin):
         One compile per run: when the trainable weights and the optimizer's settings are
         those of the last compile, the compiled training step is kept (no retracing, no
         XLA compile) with its optimizer, whose state then carries on as on a resume;
-        only a changed constant learning rate is set. Other changes (``layers``, a
-        schedule's settings or length, momentum, the recipe) compile anew; so does a
-        given ``optimizer``.
+        only the learning rate's numbers are set (a constant rate, or a schedule's base
+        rate and length, which live in optimizer variables). Other changes (``layers``,
+        the schedule's kind, momentum, the recipe) compile anew; so does a given
+        ``optimizer``.
         """
         with self.scope():  # TF optimizers must be created in the strategy's scope
             key = None
@@ -496,8 +497,7 @@ class MaskRCNN(InspectionMixin):
                                                      momentum, from_scratch=from_scratch)
                 key = self._step_key(optimizer)
                 if self._compiled_step == key:
-                    if isinstance(optimizer.get_config()["learning_rate"], float):
-                        self.keras_model.optimizer.learning_rate = learning_rate
+                    self._set_learning_rate(optimizer)
                     return
             optimizer = distribute.optimizer_in_scope(optimizer, self.distribution)
             jit = "auto"
@@ -507,14 +507,26 @@ class MaskRCNN(InspectionMixin):
             self.keras_model.compile(optimizer=optimizer, jit_compile=jit)
             self._compiled_step = key
 
+    def _set_learning_rate(self, new_optimizer):
+        """Give the kept optimizer the learning rate of ``new_optimizer`` (same step key)."""
+        schedule = train_lib.schedule_of(new_optimizer)
+        if schedule is None:
+            self.keras_model.optimizer.learning_rate = float(new_optimizer.learning_rate)
+        else:
+            train_lib.schedule_of(self.keras_model.optimizer).assign_numbers(schedule)
+
     def _step_key(self, optimizer):
         """What the compiled training step depends on: the Keras model itself (rebuilt
         after an out-of-memory reduction), its trainable weights and the optimizer's
         settings. A constant learning rate is a variable of the optimizer, not part of
-        it; a schedule's settings are (they are traced into the step)."""
+        it; nor are a schedule's numbers (see train.LearningRateSchedule.attach), only
+        the shape of its formula."""
         settings = optimizer.get_config()
         settings.pop("name")  # unique per optimizer object
-        if isinstance(settings["learning_rate"], float):  # not a schedule
+        schedule = train_lib.schedule_of(optimizer)
+        if schedule is not None:
+            settings["learning_rate"] = schedule.structure()
+        elif isinstance(settings["learning_rate"], float):  # not a schedule
             settings.pop("learning_rate")
         return (weakref.ref(self.keras_model),
                 tuple(v.path for v in self.keras_model.trainable_variables),
