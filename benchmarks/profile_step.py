@@ -295,20 +295,38 @@ def profile(name, args, model_dir):
 
 
 def ratio(args, model_dir):
-    """coins256 step (TRAIN_BN=True) / keras.applications.ResNet50 classifier step."""
+    """coins256 step (TRAIN_BN=True) / keras.applications.ResNet50 classifier step.
+
+    The two steps are timed in turns (ours, theirs, ours, ...) so that a change of the
+    machine's speed during the run (a shared VM) falls on both; the ratio of the
+    medians is printed with the spread of the per-turn ratios.
+    """
     config = preset_config("coins256")
     model = build(config, model_dir)
     batch = first_batch(preset_dataset("coins256", config), config)
-    ours = step_time(model, batch, args.repeats)
+    km = model.keras_model
     keras.utils.set_random_seed(0)
     net = keras.applications.ResNet50(weights=None, input_shape=(256, 256, 3))
     net.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                 loss="sparse_categorical_crossentropy")
     images = batch["input_image"]
     labels = np.arange(len(images)) % 1000
-    theirs = timed(lambda: net.train_on_batch(images, labels), repeats=args.repeats)
+    steps = {"ours": lambda: km.train_on_batch(batch),
+             "theirs": lambda: net.train_on_batch(images, labels)}
+    for fn in steps.values():  # compile and warm up
+        for _ in range(2):
+            _block(fn())
+    times = {k: [] for k in steps}
+    for _ in range(max(3, args.repeats)):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            _block(fn())
+            times[k].append(time.perf_counter() - t0)
+    ours, theirs = (statistics.median(times[k]) for k in ("ours", "theirs"))
+    turns = [a / b for a, b in zip(times["ours"], times["theirs"])]
     print(f"\n[ratio] coins256 step {ours * 1e3:.0f} ms / keras.applications.ResNet50 "
-          f"step {theirs * 1e3:.0f} ms on the same 2 images = {ours / theirs:.2f}")
+          f"step {theirs * 1e3:.0f} ms on the same 2 images = {ours / theirs:.2f} "
+          f"(per turn {min(turns):.2f}-{max(turns):.2f}, {len(turns)} turns)")
 
 
 def startup(args, model_dir):
