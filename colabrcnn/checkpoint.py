@@ -186,7 +186,9 @@ def restore_optimizer(optimizer, path, trainable_variables) -> str:
     The optimizer is built for ``trainable_variables`` first. When the saved state
     does not match (other layers trained), only the iteration counter is restored.
     The learning rate (a constant's variable, a schedule's numbers) is not restored:
-    it is the one this ``train()`` call was given.
+    it is the one this ``train()`` call was given; so a run resumed with a schedule
+    where it had a constant rate (or a checkpoint from before schedules kept their
+    numbers in a variable) still gets its momentum back.
     """
     import h5py
     optimizer.build(trainable_variables)
@@ -194,13 +196,14 @@ def restore_optimizer(optimizer, path, trainable_variables) -> str:
         og = f.get(f"{STATE_GROUP}/optimizer")
         if og is None:
             return "none"
-        saved = [np.asarray(og[k]) for k in sorted(og.keys())]
-    variables = optimizer.variables
+        saved = [(str(og[k].attrs.get("path", "")), np.asarray(og[k]))
+                 for k in sorted(og.keys())]
+    saved = [value for name, value in saved if not _is_rate_variable(name)]
+    variables = [v for v in optimizer.variables if not _is_rate_variable(v.path)]
     if len(saved) == len(variables) and all(
             tuple(s.shape) == tuple(v.shape) for s, v in zip(saved, variables)):
         for v, s in zip(variables, saved):
-            if v.name not in _RATE_VARIABLES:
-                v.assign(s.astype(v.dtype))
+            v.assign(s.astype(v.dtype))
         return "all"
     # Different trainable set: keep the position of the schedule at least.
     for v, s in zip(variables, saved):
@@ -209,6 +212,10 @@ def restore_optimizer(optimizer, path, trainable_variables) -> str:
                 v.assign(s.astype(v.dtype))
             return "iterations"
     return "none"
+
+
+def _is_rate_variable(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] in _RATE_VARIABLES
 
 
 # ------------------------------------------------------------ listing / finding

@@ -11,6 +11,7 @@ import pytest
 
 from colabrcnn import Config
 from colabrcnn import checkpoint as C
+from colabrcnn import train as T
 from colabrcnn.errors import ColabRCNNError, ConfigError
 
 
@@ -203,6 +204,20 @@ def test_save_and_restore_weights_and_optimizer(tmp_path):
     for a, b in zip(fresh.variables, model.optimizer.variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
                                       keras.ops.convert_to_numpy(b))
+    # Resumed with a schedule (no rate variable, the schedule's numbers instead): the
+    # momentum and the counter come back, the rate is the schedule's.
+    scheduled = T.make_optimizer(Config(NAME="x", NUM_CLASSES=2, LR_SCHEDULE="cosine",
+                                        GRADIENT_CLIP_NORM=None), 0.01, end_epoch=3)
+    assert [v.name for v in scheduled.variables][:2] == ["iteration", "lr_schedule_numbers"]
+    assert C.restore_optimizer(scheduled, path, model.trainable_variables) == "all"
+    state = [v for v in model.optimizer.variables if v.name != "learning_rate"]
+    assert len(state) == len(scheduled.variables) - 1
+    for a, b in zip([v for v in scheduled.variables if v.name != "lr_schedule_numbers"],
+                    state):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
+    numbers = keras.ops.convert_to_numpy(T.schedule_of(scheduled).numbers_variable)
+    np.testing.assert_allclose(numbers[:3], [0.01, Config.STEPS_PER_EPOCH, 3])
     # A different trainable set keeps only the iteration counter.
     other = keras.optimizers.SGD(0.1, momentum=0.9)
     assert C.restore_optimizer(other, path, model.trainable_variables[:1]) == "iterations"
