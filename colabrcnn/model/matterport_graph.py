@@ -15,6 +15,7 @@ from keras import ops
 
 from ..errors import ConfigError
 from .backbone import bottleneck_block
+from .boxes import clip_to_window, overlaps
 from .backbone import resnet_graph as _resnet_graph
 from .rpn import build_rpn_model as _build_rpn_model
 
@@ -36,12 +37,7 @@ def apply_box_deltas_graph(boxes, deltas):
 def clip_boxes_graph(boxes, window):
     """Clip boxes [N, 4] to window [4] (y1, x1, y2, x2)."""
     window = ops.cast(window, boxes.dtype)
-    wy1, wx1, wy2, wx2 = window[0], window[1], window[2], window[3]
-    y1 = ops.maximum(ops.minimum(boxes[:, 0], wy2), wy1)
-    x1 = ops.maximum(ops.minimum(boxes[:, 1], wx2), wx1)
-    y2 = ops.maximum(ops.minimum(boxes[:, 2], wy2), wy1)
-    x2 = ops.maximum(ops.minimum(boxes[:, 3], wx2), wx1)
-    return ops.stack([y1, x1, y2, x2], axis=1)
+    return clip_to_window(boxes[None], window[None])[0]
 
 
 def box_refinement_graph(box, gt_box):
@@ -60,17 +56,7 @@ def box_refinement_graph(box, gt_box):
 
 def overlaps_graph(boxes1, boxes2):
     """IoU of every pair: [N, 4], [M, 4] -> [N, M] (0 where the union is empty)."""
-    b1 = ops.expand_dims(boxes1, 1)  # [N, 1, 4]
-    b2 = ops.expand_dims(boxes2, 0)  # [1, M, 4]
-    y1 = ops.maximum(b1[..., 0], b2[..., 0])
-    x1 = ops.maximum(b1[..., 1], b2[..., 1])
-    y2 = ops.minimum(b1[..., 2], b2[..., 2])
-    x2 = ops.minimum(b1[..., 3], b2[..., 3])
-    intersection = ops.maximum(x2 - x1, 0.0) * ops.maximum(y2 - y1, 0.0)
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    union = area1 + area2 - intersection
-    return ops.where(union > 0, intersection / ops.maximum(union, 1e-12), 0.0)
+    return overlaps(boxes1[None], boxes2[None])[0]
 
 
 def _scale_shift(shape, dtype):
