@@ -511,7 +511,8 @@ class MaskRCNN(InspectionMixin):
         """Give the kept optimizer the learning rate of ``new_optimizer`` (same step key)."""
         schedule = train_lib.schedule_of(new_optimizer)
         if schedule is None:
-            self.keras_model.optimizer.learning_rate = float(new_optimizer.learning_rate)
+            self.keras_model.optimizer.learning_rate = float(
+                ops.convert_to_numpy(new_optimizer.learning_rate))
         else:
             train_lib.schedule_of(self.keras_model.optimizer).assign_numbers(schedule)
 

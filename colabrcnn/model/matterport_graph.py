@@ -15,8 +15,8 @@ from keras import ops
 
 from ..errors import ConfigError
 from .backbone import bottleneck_block
-from .boxes import clip_to_window, overlaps
 from .backbone import resnet_graph as _resnet_graph
+from .boxes import clip_to_window, overlaps
 from .rpn import build_rpn_model as _build_rpn_model
 
 
