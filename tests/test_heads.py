@@ -2,7 +2,7 @@
 import keras
 import numpy as np
 
-from colabrcnn.model.heads import ClassifierHead, MaskHead, ROIConv
+from colabrcnn.model.heads import BlockConv2DTranspose, ClassifierHead, MaskHead, ROIConv
 from layer_checks import round_trip, to_numpy, weight_count
 
 
@@ -55,3 +55,34 @@ def test_roi_conv_is_the_valid_convolution_it_replaces():
     np.testing.assert_allclose(to_numpy(ours(big)), to_numpy(conv(big)), rtol=1e-5,
                                atol=1e-5)
     round_trip(ours)
+
+
+def test_block_deconv_is_the_transposed_convolution_it_replaces(monkeypatch):
+    # Non-square input, bias and relu: the matmul + reshape must place each pixel's
+    # 2x2 block where Keras' transposed convolution puts it.
+    x = np.random.default_rng(0).normal(size=(3, 5, 7, 8)).astype(np.float32)
+    ours = BlockConv2DTranspose(6, 2, strides=2, activation="relu",
+                                bias_initializer="random_normal", name="mrcnn_mask_deconv")
+    ref = keras.layers.Conv2DTranspose(6, 2, strides=2, activation="relu")
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(ours.get_weights())
+    expected = to_numpy(ref(x))
+
+    # The block path must not go through the transposed convolution at all.
+    def refuse(self, inputs):
+        raise AssertionError("BlockConv2DTranspose fell back to Conv2DTranspose.call")
+    monkeypatch.setattr(keras.layers.Conv2DTranspose, "call", refuse)
+    y = to_numpy(ours(x))
+    monkeypatch.undo()
+    assert y.shape == (3, 10, 14, 6)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    round_trip(ours)
+
+    # A kernel larger than its stride overlaps blocks: the layer falls back.
+    wide = BlockConv2DTranspose(4, 3, strides=2, padding="same")
+    ref3 = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same")
+    wide.build(x.shape)
+    ref3.build(x.shape)
+    ref3.set_weights(wide.get_weights())
+    np.testing.assert_allclose(to_numpy(wide(x)), to_numpy(ref3(x)), rtol=1e-5, atol=1e-5)
