@@ -13,11 +13,12 @@ Presets:
   matterport  matterport's defaults: ResNet-101 at 1024 px, 81 classes, 2 images.
 
 For each preset: the steady-state time of a whole training step (train_on_batch, all
-layers), then each stage timed on its own, compiled the way the step is (XLA on
-TensorFlow), on the intermediate tensors of one real forward pass: backbone (ResNet
-body), FPN, RPN head, proposals, ROI targets, ROIAlign, box head, mask head, losses
-(forward + backward w.r.t. weights and inputs where the step differentiates) and the
-optimizer update. Stages overlap less in the fused step than alone, so their sum is
+layers), then each stage timed on its own, compiled the way the step is (a tf.function,
+with XLA where Keras turns it on: on a GPU, not on a CPU), on the intermediate tensors
+of one real forward pass: backbone (ResNet body), FPN, RPN head, proposals, ROI
+targets, ROIAlign, box head, mask head, losses (forward + backward w.r.t. weights and
+inputs where the step differentiates) and the optimizer update. Stages overlap less in
+the fused step than alone, so their sum is
 not exactly the step. Stage timing needs the TensorFlow backend; FLOPs (forward, convs
 and dense layers, counted from the layer shapes) print on every backend, with the mask
 head on every sampled ROI (before) and on the positive slots (now).
@@ -170,11 +171,14 @@ def step_time(model, batch, repeats):
 
 
 def stage_times(model, batch, repeats):
-    """{stage: seconds}, each stage compiled alone (TensorFlow backend)."""
+    """{stage: seconds}, each stage compiled alone (TensorFlow backend) the way the
+    step is: with XLA where Keras resolved ``jit_compile`` to True (a GPU), as a plain
+    tf.function where it did not (Keras' "auto" on a CPU)."""
     import tensorflow as tf
 
     c = model.config
     km = model.keras_model
+    jit = bool(km.jit_compile)
     get = km.get_layer
     mask_align, cls_align = get("roi_align_mask"), get("roi_align_classifier")
     targets = get("proposal_targets")
@@ -204,10 +208,10 @@ def stage_times(model, batch, repeats):
                                  for o in keras.tree.flatten(out)])
             return tape.gradient(loss, list(variables) + [a for a in args
                                                           if a.dtype.is_floating])
-        return tf.function(run, jit_compile=True), xs
+        return tf.function(run, jit_compile=jit), xs
 
     def fwd(fn, *xs):
-        return tf.function(fn, jit_compile=True), xs
+        return tf.function(fn, jit_compile=jit), xs
 
     bb = model.backbone
     names = [layer.name for layer in bb.layers]
@@ -267,7 +271,7 @@ def stage_times(model, batch, repeats):
     variables = km.trainable_variables
     grads = [tf.zeros_like(w) + 1e-6 for w in variables]
     apply = tf.function(lambda gs: opt.apply_gradients(zip(gs, variables)),
-                        jit_compile=True)
+                        jit_compile=jit)
     out["optimizer"] = timed(apply, grads, repeats=repeats)
     return out
 
