@@ -136,9 +136,12 @@ def test_crop_and_resize_tf_float16_and_gradient():
         np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=1e-2)
 
     # Gradient w.r.t. the images against the NumPy adjoint, for the pure version (eager
-    # and under XLA) and TF's own kernel (CropAndResizeGradImage). Sample points stay off
-    # integer coordinates, where the gradient's split between neighbouring pixels would
-    # depend on how the compiler rounds the sampling grid.
+    # and under XLA). Sample points stay off integer coordinates, where the gradient's
+    # split between neighbouring pixels would depend on how the compiler rounds the
+    # sampling grid. TF's own kernel (CropAndResizeGradImage) is not checked: on a CPU
+    # its threads race on overlapping boxes (2 of 200 repeats of this very case off by
+    # up to 2 on an idle machine, 179 of 200 with the other core busy), which is one
+    # reason "auto" never picks it.
     rng = np.random.default_rng(5)
     boxes = off_grid_boxes(rng, 30, images.shape[1], images.shape[2], (14, 14))
     box_indices = rng.integers(0, images.shape[0], len(boxes)).astype(np.int32)
@@ -156,9 +159,8 @@ def test_crop_and_resize_tf_float16_and_gradient():
             loss = tf.reduce_sum(crops * tf.cos(crops))
         return tape.gradient(loss, x)
 
-    for impl in ("pure", "native"):
-        np.testing.assert_allclose(tf.convert_to_tensor(grad(impl)).numpy(), expected,
-                                   atol=1e-4, err_msg=impl)
+    np.testing.assert_allclose(tf.convert_to_tensor(grad("pure")).numpy(), expected,
+                               atol=1e-4, err_msg="pure")
     jit_grad = tf.function(lambda: tf.convert_to_tensor(grad("pure")), jit_compile=True)
     np.testing.assert_allclose(jit_grad().numpy(), expected, atol=1e-4, err_msg="jit")
 

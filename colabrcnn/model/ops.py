@@ -342,7 +342,10 @@ def crop_and_resize(images, boxes, box_indices, crop_size, implementation="auto"
     border for points less than 1e-3 pixel outside, which float32 rounding of a box
     edge lying on the border produces).
     Returns [N, h, w, C] in images' dtype. The pure version is differentiable with
-    respect to images (the mask head trains through it).
+    respect to images (the mask head trains through it). TF's native kernel is too, but
+    its CPU gradient (CropAndResizeGradImage) is not deterministic where boxes overlap:
+    its threads race on the shared pixels, so repeats of one call differ (by up to 2 in
+    a test case, more often when the CPU is busy). Train through the pure version.
     """
     _check_implementation(implementation)
     crop_h, crop_w = (int(s) for s in crop_size)
