@@ -191,7 +191,8 @@ def restore_optimizer(optimizer, path, trainable_variables) -> str:
     numbers in a variable) still gets its momentum back.
     """
     import h5py
-    optimizer.build(trainable_variables)
+    if not optimizer.built:  # LossScaleOptimizer.build would add its variables twice
+        optimizer.build(trainable_variables)
     with h5py.File(path, "r") as f:
         og = f.get(f"{STATE_GROUP}/optimizer")
         if og is None:

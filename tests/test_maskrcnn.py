@@ -100,3 +100,31 @@ def test_a_second_compile_with_the_same_layers_keeps_the_compiled_step(tmp_path)
     expected = model.config.SCRATCH_LEARNING_RATE * 0.5 * (1 + np.cos(np.pi / 3))
     assert float(to_numpy(km.optimizer.learning_rate)) == \
         pytest.approx(expected * min(1.0, (model.config.STEPS_PER_EPOCH + 1) / max(1, warm)))
+
+
+def test_the_first_training_step_creates_no_variables(tmp_path):
+    # The optimizer's slots exist after compile(): a variable created inside the first
+    # step makes TensorFlow trace the whole step twice.
+    import tensorflow as tf
+
+    from colabrcnn.data import shapes
+    from colabrcnn.data.loader import DataGenerator
+
+    model = tiny_model(tmp_path, mode="training")
+    model.set_trainable("heads")
+    model.compile(0.01, momentum=0.9)
+    km = model.keras_model
+    assert km.optimizer.built
+    batch = DataGenerator(shapes(2, 64, seed=0), model.config, shuffle=False, seed=0)[0]
+    created = []
+
+    def record(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(record):
+        km.train_on_batch(batch)
+    assert created == []
+    momentum = [v for v in km.optimizer.variables if v.name.endswith("_momentum")]
+    assert len(momentum) == len(km.trainable_variables)
+    assert any(np.abs(to_numpy(v)).max() > 0 for v in momentum)  # the step used them
