@@ -18,10 +18,10 @@ with XLA where Keras turns it on: on a GPU, not on a CPU), on the intermediate t
 of one real forward pass: backbone (ResNet body), FPN, RPN head, proposals, ROI
 targets, ROIAlign, box head, mask head, losses (forward + backward w.r.t. weights and
 inputs where the step differentiates) and the optimizer update. Stages overlap less in
-the fused step than alone, so their sum is
-not exactly the step. Stage timing needs the TensorFlow backend; FLOPs (forward, convs
-and dense layers, counted from the layer shapes) print on every backend, with the mask
-head on every sampled ROI (before) and on the positive slots (now).
+the fused step than alone, so their sum is not exactly the step. Stage timing needs the
+TensorFlow backend; FLOPs (forward, convs and dense layers, counted from the layer
+shapes) print on every backend, with the mask head on every sampled ROI (before) and on
+the positive slots (now).
 
 --ratio: the coins256 step against a keras.applications.ResNet50(weights=None)
 classifier step on the same two 256 x 256 images, in the same run.

@@ -2,9 +2,12 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from colabrcnn import train as T
 from colabrcnn import utils
+from colabrcnn.data import shapes
+from colabrcnn.data.loader import DataGenerator
 from colabrcnn.model.losses import MRCNNMaskLoss
 from colabrcnn.model.spec import positive_count
 from layer_checks import to_numpy
@@ -105,11 +108,6 @@ def test_a_second_compile_with_the_same_layers_keeps_the_compiled_step(tmp_path)
 def test_the_first_training_step_creates_no_variables(tmp_path):
     # The optimizer's slots exist after compile(): a variable created inside the first
     # step makes TensorFlow trace the whole step twice.
-    import tensorflow as tf
-
-    from colabrcnn.data import shapes
-    from colabrcnn.data.loader import DataGenerator
-
     model = tiny_model(tmp_path, mode="training")
     model.set_trainable("heads")
     model.compile(0.01, momentum=0.9)
